@@ -1,0 +1,446 @@
+/* portio's io_uring core: ring setup, SQE filling, submit+wait, batch reap.
+ *
+ * Written against the kernel UAPI <linux/io_uring.h> and raw syscalls (no
+ * liburing), so building needs only a C compiler and kernel headers.
+ *
+ * Memory ordering (the rings are shared with the kernel, which may run on
+ * another CPU):
+ *   - SQ: we write SQEs, then publish them with a RELEASE store of the SQ
+ *     tail; the kernel's head is read with ACQUIRE before reusing a slot.
+ *   - CQ: the kernel's CQ tail is read with ACQUIRE before reading CQEs;
+ *     the CQ head is published with a RELEASE store after we copied them.
+ *   - sq_flags (IORING_SQ_CQ_OVERFLOW) is read with ACQUIRE.
+ *
+ * Locking is the caller's job: pio_queue() calls are serialised by the
+ * Python side's SQ lock; pio_reap() has exactly one caller at a time (the
+ * polling thread). pio_enter() may run concurrently with pio_queue(): it
+ * only reads the published tail, and the kernel serialises submission.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <linux/io_uring.h>
+#include <linux/time_types.h>
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
+#endif
+
+/* user_data reserved for the C core's own timeout SQEs (the fallback timed
+ * wait for kernels without IORING_FEAT_EXT_ARG); never reaches Python. */
+#define PIO_UDATA_INTERNAL UINT64_MAX
+
+typedef struct {
+    int      fd;
+    unsigned sq_entries;
+    unsigned cq_entries;
+    unsigned features;
+    unsigned flags;
+    unsigned overflow_flushes;
+    unsigned busy_retries;
+
+    /* private */
+    unsigned *sq_khead, *sq_ktail, *sq_kflags, *sq_array;
+    unsigned sq_mask;
+    struct io_uring_sqe *sqes;
+    unsigned sq_tail;                  /* our copy of the tail we published */
+    unsigned *cq_khead, *cq_ktail;
+    unsigned cq_mask;
+    struct io_uring_cqe *cqes;
+    void *sq_ptr, *cq_ptr;
+    size_t sq_sz, cq_sz, sqes_sz;
+    /* Linked-timeout timespecs, one per SQ slot: the kernel copies a
+     * timespec when it consumes the SQE, so a slot's value only has to
+     * live until the slot is reused. */
+    struct __kernel_timespec *ts;
+    struct __kernel_timespec wait_ts;  /* for the fallback timed wait */
+} pio_ring;
+
+struct pio_msg {
+    struct msghdr hdr;
+    struct iovec iov;
+    uint32_t addrlen;
+    char addr[128];
+};
+
+typedef struct {
+    uint8_t  opcode;
+    uint8_t  flags;
+    uint16_t buf_group;
+    int32_t  fd;
+    uint64_t addr;
+    uint32_t len;
+    uint32_t op_flags;
+    uint64_t off;
+    uint64_t user_data;
+    uint16_t ioprio;
+    int64_t  timeout_ns;
+} pio_sqe_desc;
+
+typedef struct {
+    uint64_t user_data;
+    int32_t  res;
+    uint32_t flags;
+} pio_cqe;
+
+static int sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
+                     unsigned flags, void *arg, size_t argsz)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete,
+                        flags, arg, argsz);
+}
+
+static void unmap_all(pio_ring *r)
+{
+    if (r->sqes && r->sqes != MAP_FAILED)
+        munmap(r->sqes, r->sqes_sz);
+    if (r->cq_ptr && r->cq_ptr != MAP_FAILED && r->cq_ptr != r->sq_ptr)
+        munmap(r->cq_ptr, r->cq_sz);
+    if (r->sq_ptr && r->sq_ptr != MAP_FAILED)
+        munmap(r->sq_ptr, r->sq_sz);
+    if (r->ts && (void *)r->ts != MAP_FAILED)
+        munmap(r->ts, sizeof(*r->ts) * r->sq_entries);
+    r->sqes = NULL;
+    r->cq_ptr = r->sq_ptr = NULL;
+    r->ts = NULL;
+}
+
+/* Optional setup flags, dropped in this order when the kernel says EINVAL. */
+static const unsigned optional_flags[] = {
+    IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER,
+    IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_COOP_TASKRUN,
+    IORING_SETUP_SUBMIT_ALL,
+};
+
+int pio_setup(pio_ring *r, unsigned sq_entries, unsigned cq_entries, unsigned flags)
+{
+    struct io_uring_params p;
+    int fd;
+    size_t i;
+
+    memset(r, 0, sizeof(*r));
+    r->fd = -1;
+    for (i = 0;; i++) {
+        memset(&p, 0, sizeof(p));
+        p.flags = flags;
+        p.cq_entries = cq_entries;
+        fd = sys_setup(sq_entries, &p);
+        if (fd >= 0)
+            break;
+        if (errno != EINVAL)
+            return -errno;
+        /* EINVAL: some flag is unknown to this kernel; drop the next one. */
+        while (i < sizeof(optional_flags) / sizeof(optional_flags[0])
+               && !(flags & optional_flags[i]))
+            i++;
+        if (i >= sizeof(optional_flags) / sizeof(optional_flags[0]))
+            return -EINVAL;
+        flags &= ~optional_flags[i];
+    }
+    r->fd = fd;
+    r->flags = flags;
+    r->features = p.features;
+    r->sq_entries = p.sq_entries;
+    r->cq_entries = p.cq_entries;
+
+    r->sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    r->cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (r->cq_sz > r->sq_sz)
+            r->sq_sz = r->cq_sz;
+        r->cq_sz = r->sq_sz;
+    }
+    r->sq_ptr = mmap(NULL, r->sq_sz, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (r->sq_ptr == MAP_FAILED)
+        goto fail;
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        r->cq_ptr = r->sq_ptr;
+    } else {
+        r->cq_ptr = mmap(NULL, r->cq_sz, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+        if (r->cq_ptr == MAP_FAILED)
+            goto fail;
+    }
+    r->sqes_sz = p.sq_entries * sizeof(struct io_uring_sqe);
+    r->sqes = mmap(NULL, r->sqes_sz, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED)
+        goto fail;
+    r->ts = mmap(NULL, sizeof(*r->ts) * p.sq_entries, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if ((void *)r->ts == MAP_FAILED)
+        goto fail;
+
+    r->sq_khead = (unsigned *)((char *)r->sq_ptr + p.sq_off.head);
+    r->sq_ktail = (unsigned *)((char *)r->sq_ptr + p.sq_off.tail);
+    r->sq_kflags = (unsigned *)((char *)r->sq_ptr + p.sq_off.flags);
+    r->sq_array = (unsigned *)((char *)r->sq_ptr + p.sq_off.array);
+    r->sq_mask = *(unsigned *)((char *)r->sq_ptr + p.sq_off.ring_mask);
+    r->cq_khead = (unsigned *)((char *)r->cq_ptr + p.cq_off.head);
+    r->cq_ktail = (unsigned *)((char *)r->cq_ptr + p.cq_off.tail);
+    r->cq_mask = *(unsigned *)((char *)r->cq_ptr + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)((char *)r->cq_ptr + p.cq_off.cqes);
+    /* Identity map: SQ slot i always holds SQE i. */
+    for (i = 0; i < p.sq_entries; i++)
+        r->sq_array[i] = (unsigned)i;
+    r->sq_tail = *r->sq_ktail;
+    return 0;
+
+fail:
+    {
+        int err = errno;
+        unmap_all(r);
+        close(fd);
+        r->fd = -1;
+        return -err;
+    }
+}
+
+void pio_teardown(pio_ring *r)
+{
+    unmap_all(r);
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+}
+
+unsigned pio_sq_space(pio_ring *r)
+{
+    unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    return r->sq_entries - (r->sq_tail - head);
+}
+
+unsigned pio_sq_ready(pio_ring *r)
+{
+    /* Reads the published tail, not r->sq_tail: pio_enter() may run in a
+     * thread that does not hold the SQ lock. */
+    unsigned tail = __atomic_load_n(r->sq_ktail, __ATOMIC_ACQUIRE);
+    unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    return tail - head;
+}
+
+static void ns_to_ts(struct __kernel_timespec *ts, int64_t ns)
+{
+    ts->tv_sec = ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+}
+
+static struct io_uring_sqe *next_sqe(pio_ring *r, unsigned *tail)
+{
+    struct io_uring_sqe *sqe = &r->sqes[*tail & r->sq_mask];
+    memset(sqe, 0, sizeof(*sqe));
+    (*tail)++;
+    return sqe;
+}
+
+int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n)
+{
+    unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    unsigned tail = r->sq_tail;
+    int i;
+
+    for (i = 0; i < n; i++) {
+        const pio_sqe_desc *d = &descs[i];
+        unsigned need = d->timeout_ns > 0 ? 2 : 1;
+        struct io_uring_sqe *sqe;
+
+        if (r->sq_entries - (tail - head) < need)
+            break;
+        sqe = next_sqe(r, &tail);
+        sqe->opcode = d->opcode;
+        sqe->flags = d->flags;
+        sqe->ioprio = d->ioprio;
+        sqe->fd = d->fd;
+        sqe->addr = d->addr;
+        sqe->len = d->len;
+        sqe->msg_flags = d->op_flags;   /* the union: rw/accept/cancel/timeout flags */
+        sqe->off = d->off;
+        sqe->user_data = d->user_data;
+        sqe->buf_group = d->buf_group;
+        if (d->timeout_ns > 0) {
+            struct __kernel_timespec *ts = &r->ts[tail & r->sq_mask];
+            sqe->flags |= IOSQE_IO_LINK;
+            ns_to_ts(ts, d->timeout_ns);
+            sqe = next_sqe(r, &tail);
+            sqe->opcode = IORING_OP_LINK_TIMEOUT;
+            sqe->fd = -1;
+            sqe->addr = (uint64_t)(uintptr_t)ts;
+            sqe->len = 1;
+            sqe->user_data = 0;   /* Python ignores user_data 0 */
+        }
+    }
+    /* Publish the SQEs: everything written above happens-before the tail. */
+    __atomic_store_n(r->sq_ktail, tail, __ATOMIC_RELEASE);
+    r->sq_tail = tail;
+    return i;
+}
+
+int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
+{
+    unsigned flags = 0;
+    struct io_uring_getevents_arg arg;
+    struct __kernel_timespec ts;
+    void *argp = NULL;
+    size_t argsz = 0;
+    unsigned to_submit;
+    int ret;
+
+    if (wait_nr) {
+        flags |= IORING_ENTER_GETEVENTS;
+        if (timeout_ns == 0) {
+            wait_nr = 0;   /* just flush/peek */
+        } else if (timeout_ns > 0) {
+            if (r->features & IORING_FEAT_EXT_ARG) {
+                ns_to_ts(&ts, timeout_ns);
+                memset(&arg, 0, sizeof(arg));
+                arg.ts = (uint64_t)(uintptr_t)&ts;
+                flags |= IORING_ENTER_EXT_ARG;
+                argp = &arg;
+                argsz = sizeof(arg);
+            }
+            /* Without EXT_ARG the caller queued pio_queue_wait_timeout(). */
+        }
+    }
+    to_submit = pio_sq_ready(r);
+    for (;;) {
+        ret = sys_enter(r->fd, to_submit, wait_nr, flags, argp, argsz);
+        if (ret >= 0)
+            return ret;
+        switch (errno) {
+        case EINTR:
+        case ETIME:
+            return 0;   /* a signal (Python must run its handler) or the wait timed out */
+        case EAGAIN:
+        case EBUSY:
+            r->busy_retries++;
+            /* Out of resources, or the CQ overflow list is backed up: the
+             * caller must reap first. If it asked to wait, wait without
+             * submitting: completions free what the kernel is short of. */
+            if (to_submit && wait_nr) {
+                to_submit = 0;
+                continue;
+            }
+            return -errno;
+        default:
+            return -errno;
+        }
+    }
+}
+
+int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count)
+{
+    /* Pre-5.11 kernels (no IORING_FEAT_EXT_ARG): a timeout SQE that
+     * completes after timeout_ns, or once count other CQEs arrived. Its CQE
+     * carries PIO_UDATA_INTERNAL and is dropped by pio_reap(). Only the
+     * polling thread calls this, right before pio_enter(), so wait_ts is
+     * consumed by the kernel before it is written again. */
+    pio_sqe_desc d;
+
+    memset(&d, 0, sizeof(d));
+    ns_to_ts(&r->wait_ts, timeout_ns);
+    d.opcode = IORING_OP_TIMEOUT;
+    d.fd = -1;
+    d.addr = (uint64_t)(uintptr_t)&r->wait_ts;
+    d.len = 1;
+    d.off = count;
+    d.user_data = PIO_UDATA_INTERNAL;
+    return pio_queue(r, &d, 1);
+}
+
+unsigned pio_cq_ready(pio_ring *r)
+{
+    unsigned tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
+    return tail - *r->cq_khead;
+}
+
+int pio_reap(pio_ring *r, pio_cqe *out, int max)
+{
+    int n = 0;
+
+    for (;;) {
+        unsigned head = *r->cq_khead;   /* only we write it */
+        unsigned tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
+
+        while (head != tail && n < max) {
+            const struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
+            head++;
+            if (cqe->user_data == PIO_UDATA_INTERNAL)
+                continue;
+            out[n].user_data = cqe->user_data;
+            out[n].res = cqe->res;
+            out[n].flags = cqe->flags;
+            n++;
+        }
+        /* Our reads of the CQEs happen-before the kernel may reuse them. */
+        __atomic_store_n(r->cq_khead, head, __ATOMIC_RELEASE);
+        if (n >= max)
+            break;
+        /* With IORING_FEAT_NODROP the kernel parks CQEs that did not fit
+         * on an overflow list and raises IORING_SQ_CQ_OVERFLOW; an enter
+         * with GETEVENTS moves them into the space we just freed. */
+        if (!(__atomic_load_n(r->sq_kflags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW))
+            break;
+        r->overflow_flushes++;
+        if (sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0) < 0
+            && errno != EINTR && errno != EAGAIN && errno != EBUSY)
+            break;
+        if (__atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE) == head)
+            break;   /* nothing moved; do not spin */
+    }
+    return n;
+}
+
+int pio_probe_ops(pio_ring *r, uint8_t *supported, int n)
+{
+    /* struct io_uring_probe ends in a flexible array of 256 op entries. */
+    char buf[sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op)];
+    struct io_uring_probe *probe = (struct io_uring_probe *)buf;
+    int i;
+
+    memset(buf, 0, sizeof(buf));
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PROBE, probe, 256) < 0)
+        return -errno;
+    for (i = 0; i < n; i++)
+        supported[i] = (i < probe->ops_len
+                        && (probe->ops[i].flags & IO_URING_OP_SUPPORTED)) ? 1 : 0;
+    return probe->last_op + 1;
+}
+
+void pio_msg_init(struct pio_msg *m, char *buf, size_t len, uint32_t addrlen)
+{
+    memset(&m->hdr, 0, sizeof(m->hdr));
+    m->iov.iov_base = buf;
+    m->iov.iov_len = len;
+    m->hdr.msg_iov = &m->iov;
+    m->hdr.msg_iovlen = 1;
+    m->hdr.msg_name = addrlen ? m->addr : NULL;
+    m->hdr.msg_namelen = addrlen;
+    m->addrlen = addrlen;
+}
+
+uint32_t pio_msg_namelen(const struct pio_msg *m)
+{
+    return m->hdr.msg_namelen;
+}

@@ -1,0 +1,132 @@
+/* cffi declarations for portio's io_uring core (uring.c).
+ *
+ * The IORING_* names below are declared with "..." values, so cffi takes
+ * them from the kernel's own <linux/io_uring.h> at build time: the build
+ * itself is the check that these declarations match the headers.
+ */
+
+/* One operation for the submission queue, in a compact form. */
+typedef struct {
+    uint8_t  opcode;      /* IORING_OP_* */
+    uint8_t  flags;       /* IOSQE_* */
+    uint16_t buf_group;   /* for IOSQE_BUFFER_SELECT */
+    int32_t  fd;
+    uint64_t addr;        /* buffer, sockaddr, msghdr or target user_data */
+    uint32_t len;
+    uint32_t op_flags;    /* msg_flags, accept_flags, cancel_flags... */
+    uint64_t off;         /* file offset, or addr2 (socklen_t * for accept) */
+    uint64_t user_data;
+    uint16_t ioprio;      /* e.g. IORING_ACCEPT_MULTISHOT, IORING_RECV_MULTISHOT */
+    int64_t  timeout_ns;  /* > 0: follow with an IORING_OP_LINK_TIMEOUT */
+} pio_sqe_desc;
+
+/* One completion as handed to Python. */
+typedef struct {
+    uint64_t user_data;
+    int32_t  res;
+    uint32_t flags;
+} pio_cqe;
+
+/* The ring. Python reads the public fields; the rest is private to C. */
+typedef struct {
+    int      fd;
+    unsigned sq_entries;
+    unsigned cq_entries;
+    unsigned features;        /* IORING_FEAT_* the kernel reported */
+    unsigned flags;           /* IORING_SETUP_* the kernel accepted */
+    unsigned overflow_flushes;/* times the reaper drained the kernel's overflow list */
+    unsigned busy_retries;    /* EAGAIN/EBUSY answers from io_uring_enter */
+    ...;
+} pio_ring;
+
+/* Returns 0, or -errno (ENOSYS, EPERM, ENOMEM, EINVAL...). Unsupported
+ * optional setup flags are dropped one by one; r->flags says what stuck. */
+int pio_setup(pio_ring *r, unsigned sq_entries, unsigned cq_entries, unsigned flags);
+void pio_teardown(pio_ring *r);
+
+/* Free SQ slots. */
+unsigned pio_sq_space(pio_ring *r);
+/* SQEs queued but not yet taken by the kernel. */
+unsigned pio_sq_ready(pio_ring *r);
+
+/* Queue up to n descriptions; returns how many fitted (the caller keeps
+ * the rest). Nothing is submitted. */
+int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n);
+
+/* Submit everything queued and, if wait_nr > 0, wait in the same syscall
+ * until wait_nr completions are ready or timeout_ns passes (< 0: no
+ * limit). Returns the number submitted, 0 on timeout/EINTR, or -errno
+ * (-EAGAIN/-EBUSY: the kernel is short of resources, reap then retry). */
+int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns);
+
+/* Kernels without IORING_FEAT_EXT_ARG: queue a timeout SQE that ends the
+ * next pio_enter() wait (the caller holds the SQ lock). Returns 1 or 0. */
+int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count);
+
+/* Copy up to max completions into out; drains the kernel's CQ overflow
+ * list (IORING_FEAT_NODROP) when the ring runs dry. Returns the count. */
+int pio_reap(pio_ring *r, pio_cqe *out, int max);
+
+/* Completions ready in the ring right now. */
+unsigned pio_cq_ready(pio_ring *r);
+
+/* Fill supported[op] = 1 for each opcode the kernel supports (n entries).
+ * Returns the highest opcode + 1, or -errno. */
+int pio_probe_ops(pio_ring *r, uint8_t *supported, int n);
+
+#define IORING_SETUP_CQSIZE ...
+#define IORING_SETUP_CLAMP ...
+#define IORING_SETUP_SUBMIT_ALL ...
+#define IORING_SETUP_COOP_TASKRUN ...
+#define IORING_SETUP_TASKRUN_FLAG ...
+#define IORING_SETUP_SINGLE_ISSUER ...
+#define IORING_SETUP_DEFER_TASKRUN ...
+
+#define IORING_FEAT_NODROP ...
+#define IORING_FEAT_FAST_POLL ...
+#define IORING_FEAT_EXT_ARG ...
+#define IORING_FEAT_NATIVE_WORKERS ...
+#define IORING_FEAT_CQE_SKIP ...
+
+#define IORING_OP_NOP ...
+#define IORING_OP_READ ...
+#define IORING_OP_WRITE ...
+#define IORING_OP_SENDMSG ...
+#define IORING_OP_RECVMSG ...
+#define IORING_OP_SEND ...
+#define IORING_OP_RECV ...
+#define IORING_OP_ACCEPT ...
+#define IORING_OP_CONNECT ...
+#define IORING_OP_ASYNC_CANCEL ...
+#define IORING_OP_LINK_TIMEOUT ...
+#define IORING_OP_TIMEOUT ...
+#define IORING_OP_LAST ...
+
+#define IOSQE_IO_LINK ...
+#define IOSQE_BUFFER_SELECT ...
+#define IOSQE_CQE_SKIP_SUCCESS ...
+
+#define IORING_CQE_F_BUFFER ...
+#define IORING_CQE_F_MORE ...
+#define IORING_CQE_BUFFER_SHIFT ...
+#define IORING_ACCEPT_MULTISHOT ...
+#define IORING_RECV_MULTISHOT ...
+#define IORING_ASYNC_CANCEL_ALL ...
+#define IORING_ASYNC_CANCEL_FD ...
+
+#define PIO_UDATA_INTERNAL ...
+
+/* Scratch space for recvmsg/sendmsg/accept/connect: kept alive by the
+ * Python operation until its completion arrives. */
+struct pio_msg {
+    struct msghdr hdr;
+    struct iovec iov;
+    uint32_t addrlen;   /* socklen_t for accept */
+    char addr[128];     /* struct sockaddr_storage */
+};
+struct msghdr { ...; };
+struct iovec { void *iov_base; size_t iov_len; };
+/* Point the msghdr at buf/len and at m->addr (addrlen bytes of it). */
+void pio_msg_init(struct pio_msg *m, char *buf, size_t len, uint32_t addrlen);
+/* The peer address length the kernel wrote back (recvmsg). */
+uint32_t pio_msg_namelen(const struct pio_msg *m);
