@@ -297,6 +297,25 @@ int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n)
     return i;
 }
 
+int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t addr,
+             uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data)
+{
+    pio_sqe_desc d;
+
+    d.opcode = opcode;
+    d.flags = flags;
+    d.buf_group = 0;
+    d.fd = fd;
+    d.addr = addr;
+    d.len = len;
+    d.op_flags = op_flags;
+    d.off = off;
+    d.user_data = user_data;
+    d.ioprio = 0;
+    d.timeout_ns = 0;
+    return pio_queue(r, &d, 1);
+}
+
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
 {
     unsigned flags = 0;
@@ -324,6 +343,8 @@ int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
         }
     }
     to_submit = pio_sq_ready(r);
+    if (!to_submit && !flags)
+        return 0;
     for (;;) {
         ret = sys_enter(r->fd, to_submit, wait_nr, flags, argp, argsz);
         if (ret >= 0)

@@ -53,6 +53,11 @@ unsigned pio_sq_ready(pio_ring *r);
  * the rest). Nothing is submitted. */
 int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n);
 
+/* pio_queue() of one operation passed as plain arguments (the common case,
+ * cheaper to call from Python than filling a struct). Returns 1 or 0. */
+int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t addr,
+             uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data);
+
 /* Submit everything queued and, if wait_nr > 0, wait in the same syscall
  * until wait_nr completions are ready or timeout_ns passes (< 0: no
  * limit). Returns the number submitted, 0 on timeout/EINTR, or -errno

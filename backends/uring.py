@@ -1,0 +1,574 @@
+"""The io_uring backend: Linux's completion ring, driven through a small cffi-built C core.
+
+How io_uring works
+------------------
+``io_uring_setup`` gives the process two rings shared with the kernel: the *submission queue*
+(SQ), an array of 64-byte SQEs ("recv 4096 bytes from fd 7 into this address, and tag the
+answer with user_data 42"), and the *completion queue* (CQ), an array of 16-byte CQEs
+(user_data, result, flags).  The application writes SQEs and publishes them by moving the SQ
+tail (a release store: the SQE bytes must be visible before the tail is); one
+``io_uring_enter`` both submits them and, if asked, sleeps until N completions are in the CQ.
+The kernel writes CQEs and moves the CQ tail; the application reads them after an acquire load
+of that tail and hands the slots back by moving the CQ head.  Sockets are never "ready" from the
+application's point of view: the kernel tries the operation, arms its own internal poll if it
+would block, and posts the CQE when it is done.  The whole model is IOCP's: start an
+operation, get its result later, tagged.  The C core (``backends/uring/uring.c``) owns the
+rings; Python only says *what* to do and learns *what happened*, in batches.
+
+What portio promises on top
+---------------------------
+Each operation gets a ``user_data`` number; ``self._inflight`` maps it to the operation *until
+the kernel's CQE for it arrives*, holding the cffi views of its buffers, its msghdr and its
+sockaddr.  That is the lifetime rule: the kernel owns those bytes from submission to CQE, even
+after a cancel, a timeout, ``close_handle`` or ``close``.  ``send`` completes only when every
+byte is sent (``MSG_WAITALL`` asks the kernel to retry short sends itself; a short CQE is
+re-submitted for the rest anyway).  Threads: the ring has a single consumer, the shared code's
+poller (leader/followers); it reaps up to 256 CQEs per call, finishes their operations under
+the port lock, and the shared queue fans completions out to every thread in FIFO order with
+the concurrency cap.
+
+Traps, and what this module does about them
+-------------------------------------------
+- *Cancel races.*  ``IORING_OP_ASYNC_CANCEL`` is a request like any other; by the time it runs
+  the target may have completed.  The target's own CQE is the only truth: ``-ECANCELED`` (or
+  ``-EINTR`` for a request interrupted in a worker) means cancelled and delivers
+  ``op.cancel_error``; a real result wins and is delivered, so received bytes are never lost.
+  The cancel's own CQE (user_data 0) is ignored.
+- *Short sends.*  Stream sends may transfer a prefix; ``op.sent`` grows and the rest is
+  re-submitted under the same user_data.  A cancel between the two halves completes with
+  ``op.cancel_error`` and ``nbytes`` = what was sent.
+- *Overflow.*  The CQ is sized (``IORING_SETUP_CQSIZE``) well beyond what the SQ can have
+  outstanding in one go, but thousands of operations can be in flight.  With
+  ``IORING_FEAT_NODROP`` (required here) the kernel parks CQEs that do not fit on an overflow
+  list and raises ``IORING_SQ_CQ_OVERFLOW``; the reaper drains the ring, flushes that list with
+  an ``io_uring_enter(GETEVENTS)``, and reaps again.  Submission may answer ``-EBUSY``/
+  ``-EAGAIN`` meanwhile; SQEs that do not fit wait in ``self._backlog`` (user space) and are
+  retried after the next reap.
+- *One consumer, many producers.*  Any thread may start an operation, so SQEs are written under
+  ``self._sq_lock`` and submitted at once (the starting thread may block on something else
+  next: deferring the submit to the next poll could deadlock it).  The CQ is read only by the
+  poller.  Because submitters vary, ``IORING_SETUP_SINGLE_ISSUER``/``DEFER_TASKRUN`` cannot be
+  used (a submit from a second thread gets ``-EEXIST``), and ``COOP_TASKRUN`` is unsafe: the
+  kernel would run a socket's completion work only when the *submitting* thread next enters the
+  kernel, which a thread blocked in a user-space lock never does.  Both are probed and reported
+  by :func:`ring_features`, not used.
+- *Waking the poller.*  A post or close from another thread submits a NOP (user_data 1); its CQE
+  ends the poller's ``io_uring_enter``.  One NOP at most is outstanding.
+- *Refusal.*  Kernels can refuse io_uring at run time: ``ENOSYS`` (too old, or compiled out),
+  ``EPERM`` (a seccomp filter, as container runtimes install, or ``kernel.io_uring_disabled``).
+  :meth:`UringPort.probe` tries a real ring and a NOP round trip and says which.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from portio._port import HandleEntry, Operation, PortBase
+from portio.errors import BackendUnavailable, error_from_errno
+
+__all__ = ["UringPort", "ring_features"]
+
+_ffi: Any
+_lib: Any
+_IMPORT_ERROR: str | None
+try:
+    _module = importlib.import_module("portio.backends._uring_cffi")
+    _ffi, _lib = _module.ffi, _module.lib
+    _IMPORT_ERROR = None
+except ImportError as _exc:  # not built (no compiler at install time) or not Linux
+    _ffi = _lib = None
+    _IMPORT_ERROR = str(_exc)
+
+#: SQ slots: enough for a burst of starts between two submits (each start submits at once, so
+#: the SQ rarely holds more than a handful); more only costs locked memory.
+_SQ_ENTRIES = 256
+#: CQ slots: completions that can wait in the ring between two reaps without touching the
+#: kernel's (slower, allocating) overflow list; 16 bytes each, so 256 KiB.
+_CQ_ENTRIES = 16384
+#: CQEs copied per pio_reap() call (one cffi call, GIL released nowhere: it is a memcpy loop).
+_REAP_BATCH = 256
+#: How long close() waits for the kernel to hand back every buffer before it gives up and
+#: deliberately leaks them (a use-after-free would be worse).
+_SHUTDOWN_GRACE = 5.0
+
+_UDATA_IGNORE = 0  # cancel requests, linked timeouts
+_UDATA_WAKE = 1  # the poller's wake-up NOP
+_CQE = struct.Struct("=QiI")  # pio_cqe: user_data, res, flags
+
+# Buffers the kernel still owned when a port gave up waiting at close: kept forever.
+_GRAVEYARD: list[object] = []
+
+_REQUIRED_OPS = ("NOP", "READ", "WRITE", "SEND", "RECV", "SENDMSG", "RECVMSG", "ACCEPT",
+                 "CONNECT", "ASYNC_CANCEL")
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        with open(f"/proc/sys/kernel/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _refusal(err: int) -> str:
+    """Why io_uring_setup said ``err``, in words a user can act on."""
+    if err == errno.ENOSYS:
+        return "the kernel has no io_uring (io_uring_setup: ENOSYS; Linux < 5.1 or compiled out)"
+    if err == errno.EPERM:
+        disabled = _sysctl("io_uring_disabled")
+        if disabled == "2":
+            return "io_uring is switched off: sysctl kernel.io_uring_disabled=2 (EPERM)"
+        if disabled == "1":
+            return ("io_uring is restricted: sysctl kernel.io_uring_disabled=1 and this process "
+                    "is not in kernel.io_uring_group (EPERM)")
+        return "io_uring_setup refused with EPERM (a seccomp filter, e.g. a container's?)"
+    if err == errno.ENOMEM:
+        return "io_uring_setup failed with ENOMEM (RLIMIT_MEMLOCK too small?)"
+    return f"io_uring_setup failed: {errno.errorcode.get(err, err)} ({os.strerror(err)})"
+
+
+def _open_ring(sq_entries: int, cq_entries: int, flags: int) -> tuple[Any, int]:
+    """A new ``pio_ring *`` and 0, or (None, errno).  Tests monkeypatch this to simulate a
+    kernel that refuses io_uring."""
+    ring = _ffi.new("pio_ring *")
+    rc = _lib.pio_setup(ring, sq_entries, cq_entries, flags)
+    if rc < 0:
+        return None, -rc
+    return ring, 0
+
+
+def _unavailable_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return f"io_uring is Linux-only; this is {sys.platform}"
+    if _lib is None:
+        return (f"the io_uring extension portio.backends._uring_cffi is not built "
+                f"({_IMPORT_ERROR}); reinstall portio with a C compiler and Linux headers")
+    ring, err = _open_ring(4, 8, 0)
+    if ring is None:
+        return _refusal(err)
+    try:
+        if not ring.features & _lib.IORING_FEAT_NODROP:
+            return "the kernel's io_uring lacks IORING_FEAT_NODROP (Linux >= 5.5 needed)"
+        supported = _ffi.new("uint8_t[256]")
+        if _lib.pio_probe_ops(ring, supported, 256) < 0:
+            return "the kernel's io_uring cannot be probed (IORING_REGISTER_PROBE; Linux < 5.6)"
+        missing = [name for name in _REQUIRED_OPS if not supported[getattr(_lib, f"IORING_OP_{name}")]]
+        if missing:
+            return f"the kernel's io_uring lacks {', '.join(missing)} (Linux >= 5.6 needed)"
+        # A seccomp filter may allow setup yet refuse io_uring_enter: do a real round trip.
+        _lib.pio_push(ring, _lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, 7)
+        rc = _lib.pio_enter(ring, 1, 1_000_000_000)
+        if rc < 0:
+            return f"io_uring_enter failed: {errno.errorcode.get(-rc, -rc)}"
+        cqe = _ffi.new("pio_cqe[1]")
+        if _lib.pio_reap(ring, cqe, 1) != 1 or cqe[0].user_data != 7:
+            return "io_uring did not complete a NOP within 1 s"
+    finally:
+        _lib.pio_teardown(ring)
+    return None
+
+
+def ring_features() -> dict[str, Any]:
+    """What this kernel's io_uring offers, and what portio uses (for reports and debugging).
+
+    Raises :class:`~portio.BackendUnavailable` when io_uring cannot run here.
+    """
+    reason = _unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    lib = _lib
+    info: dict[str, Any] = {}
+    for name, flags in (
+        ("single_issuer+defer_taskrun",
+         lib.IORING_SETUP_SINGLE_ISSUER | lib.IORING_SETUP_DEFER_TASKRUN),
+        ("coop_taskrun", lib.IORING_SETUP_COOP_TASKRUN | lib.IORING_SETUP_TASKRUN_FLAG),
+        ("submit_all", lib.IORING_SETUP_SUBMIT_ALL),
+    ):
+        ring, err = _open_ring(4, 8, flags)
+        info[f"setup:{name}"] = ring is not None and ring.flags & flags == flags
+        if ring is not None:
+            lib.pio_teardown(ring)
+    ring, err = _open_ring(_SQ_ENTRIES, _CQ_ENTRIES, _SETUP_FLAGS)
+    if ring is None:
+        raise BackendUnavailable(_refusal(err))
+    try:
+        feats = ring.features
+        for name in ("NODROP", "FAST_POLL", "EXT_ARG", "NATIVE_WORKERS", "CQE_SKIP"):
+            info[f"feat:{name.lower()}"] = bool(feats & getattr(lib, f"IORING_FEAT_{name}"))
+        supported = _ffi.new("uint8_t[256]")
+        info["ops"] = _lib.pio_probe_ops(ring, supported, 256)
+        info["used:setup_flags"] = hex(ring.flags)
+        info["used:sq_entries"] = ring.sq_entries
+        info["used:cq_entries"] = ring.cq_entries
+    finally:
+        lib.pio_teardown(ring)
+    return info
+
+
+def _encode_sockaddr(family: int, address: Any) -> bytes:
+    """``struct sockaddr_*`` bytes for an already-resolved numeric address."""
+    if family == socket.AF_INET:
+        host, port = address[0], address[1]
+        return (struct.pack("=H", family) + struct.pack("!H", port)
+                + socket.inet_pton(family, host) + bytes(8))
+    if family == socket.AF_INET6:
+        host, port = address[0], address[1]
+        flowinfo = address[2] if len(address) > 2 else 0
+        scope_id = address[3] if len(address) > 3 else 0
+        return (struct.pack("=H", family) + struct.pack("!HI", port, flowinfo)
+                + socket.inet_pton(family, host.split("%", 1)[0]) + struct.pack("=I", scope_id))
+    if family == socket.AF_UNIX:
+        path = os.fsencode(address)
+        if path and path[0] != 0:
+            path += b"\0"
+        return struct.pack("=H", family) + path
+    raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not supported by io_uring")
+
+
+def _decode_sockaddr(raw: bytes) -> Any:
+    """The Python address tuple (or path) for ``struct sockaddr_*`` bytes."""
+    if len(raw) < 2:
+        return ""
+    (family,) = struct.unpack_from("=H", raw)
+    if family == socket.AF_INET:
+        (port,) = struct.unpack_from("!H", raw, 2)
+        return socket.inet_ntop(family, raw[4:8]), port
+    if family == socket.AF_INET6:
+        port, flowinfo = struct.unpack_from("!HI", raw, 2)
+        (scope_id,) = struct.unpack_from("=I", raw, 24)
+        return socket.inet_ntop(family, raw[8:24]), port, flowinfo, scope_id
+    if family == socket.AF_UNIX:
+        path = raw[2:]
+        if path[:1] == b"\0":
+            return path  # abstract namespace: bytes, as the socket module gives
+        return os.fsdecode(path.split(b"\0", 1)[0])
+    return raw
+
+
+class _Inflight:
+    """One operation the kernel owns: everything that must outlive its CQE.
+
+    ``keep`` holds the cffi objects whose memory the kernel reads or writes (buffer views, the
+    msghdr + sockaddr scratch); dropping them before the CQE would be a use-after-free.
+    """
+
+    __slots__ = ("args", "keep", "msg", "op", "uid")
+
+    def __init__(self, uid: int, op: Operation, keep: Any, msg: Any) -> None:
+        self.uid = uid
+        self.op = op
+        self.keep = keep
+        self.msg = msg
+        self.args: tuple[int, ...] = ()
+
+
+# Setup flags asked for: CQSIZE for the CQ above, CLAMP so an over-large request degrades,
+# SUBMIT_ALL so one bad SQE does not stop the batch behind it (dropped on kernels < 5.18).
+_SETUP_FLAGS = 0
+if _lib is not None:
+    _SETUP_FLAGS = (_lib.IORING_SETUP_CQSIZE | _lib.IORING_SETUP_CLAMP
+                    | _lib.IORING_SETUP_SUBMIT_ALL)
+
+
+class UringPort(PortBase):
+    """A completion port on Linux io_uring (see the module docstring for the model)."""
+
+    backend = "io_uring"
+
+    @classmethod
+    def probe(cls) -> None:
+        reason = _unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(reason)
+
+    def __init__(self, concurrency: int = 0) -> None:
+        super().__init__(concurrency)
+        if _lib is None:
+            raise BackendUnavailable(_unavailable_reason() or "io_uring extension missing")
+        ring, err = _open_ring(_SQ_ENTRIES, _CQ_ENTRIES, _SETUP_FLAGS)
+        if ring is None:
+            raise BackendUnavailable(_refusal(err))
+        self._ring = ring
+        self._ext_arg = bool(ring.features & _lib.IORING_FEAT_EXT_ARG)
+        self._sq_lock = threading.Lock()  # order: self._lock, then self._sq_lock
+        self._backlog: deque[tuple[int, ...]] = deque()  # SQEs that did not fit (SQ full/busy)
+        self._inflight: dict[int, _Inflight] = {}
+        self._next_uid = 2
+        self._wake_pending = False
+        self._ring_open = True
+        self._cqes = _ffi.new("pio_cqe[]", _REAP_BATCH)
+
+    @property
+    def ring_info(self) -> dict[str, int]:
+        """Sizes, flags and counters of this port's ring (for tests and reports)."""
+        ring = self._ring
+        return {"sq_entries": ring.sq_entries, "cq_entries": ring.cq_entries,
+                "features": ring.features, "setup_flags": ring.flags,
+                "overflow_flushes": ring.overflow_flushes, "busy_retries": ring.busy_retries,
+                "inflight": len(self._inflight), "backlog": len(self._backlog)}
+
+    # ------------------------------------------------------------------ submission
+    def _push(self, args: tuple[int, ...]) -> None:
+        """Queue one SQE (``pio_push`` arguments after the ring) and submit it now."""
+        lib, ring = _lib, self._ring
+        with self._sq_lock:
+            if self._backlog or not lib.pio_push(ring, *args):
+                self._backlog.append(args)
+                self._flush_backlog()
+            lib.pio_enter(ring, 0, 0)
+
+    def _flush_backlog(self) -> None:
+        """(sq lock held) Move backlogged SQEs into the SQ, submitting to make room."""
+        lib, ring, backlog = _lib, self._ring, self._backlog
+        while backlog:
+            if not lib.pio_push(ring, *backlog[0]):
+                if lib.pio_enter(ring, 0, 0) <= 0 or not lib.pio_push(ring, *backlog[0]):
+                    return  # the kernel is busy (CQ overflow): retried after the next reap
+            backlog.popleft()
+
+    def _track(self, op: Operation, keep: Any, msg: Any = None) -> _Inflight:
+        uid = self._next_uid
+        self._next_uid = uid + 1
+        inf = _Inflight(uid, op, keep, msg)
+        self._inflight[uid] = inf
+        op.native = inf
+        return inf
+
+    def _submit_op(self, inf: _Inflight, args: tuple[int, ...]) -> None:
+        inf.args = args
+        self._push(args)
+
+    def _attach(self, entry: HandleEntry) -> None:
+        # io_uring itself does not care, but the contract says register() makes sockets
+        # non-blocking, and users mixing in direct calls expect the same on every backend.
+        if entry.sock is not None:
+            entry.sock.setblocking(False)
+
+    def _detach(self, entry: HandleEntry) -> None:
+        pass  # its operations were cancelled by uid; the kernel holds its own file references
+
+    def _start(self, op: Operation) -> None:
+        lib, ffi = _lib, _ffi
+        kind = op.kind
+        fd = op.entry.fd
+        if kind == "recv" or kind == "read":
+            buf = ffi.from_buffer(op.buffer, require_writable=True)
+            inf = self._track(op, buf)
+            opcode = lib.IORING_OP_RECV if kind == "recv" else lib.IORING_OP_READ
+            off = op.offset if kind == "read" else 0
+            self._submit_op(inf, (opcode, 0, fd, int(ffi.cast("uintptr_t", buf)), len(buf),
+                                  0, off, inf.uid))
+        elif kind == "send" or kind == "write":
+            buf = ffi.from_buffer(op.buffer)
+            inf = self._track(op, buf)
+            self._submit_rest(inf)
+        elif kind == "accept":
+            msg = ffi.new("struct pio_msg *")
+            msg.addrlen = 128
+            inf = self._track(op, None, msg)
+            self._submit_op(inf, (lib.IORING_OP_ACCEPT, 0, fd,
+                                  int(ffi.cast("uintptr_t", msg.addr)), 0, socket.SOCK_CLOEXEC,
+                                  int(ffi.cast("uintptr_t", ffi.addressof(msg, "addrlen"))),
+                                  inf.uid))
+        elif kind == "connect":
+            try:
+                raw = _encode_sockaddr(op.entry.family or 0, op.address)
+            except (OSError, ValueError) as exc:
+                self._finish(op, None, 0, exc if isinstance(exc, OSError)
+                             else OSError(errno.EINVAL, str(exc)))
+                return
+            msg = ffi.new("struct pio_msg *")
+            ffi.memmove(msg.addr, raw, len(raw))
+            inf = self._track(op, None, msg)
+            self._submit_op(inf, (lib.IORING_OP_CONNECT, 0, fd,
+                                  int(ffi.cast("uintptr_t", msg.addr)), 0, 0, len(raw), inf.uid))
+        elif kind == "recvfrom" or kind == "sendto":
+            raw = b""
+            if kind == "sendto":
+                try:
+                    raw = _encode_sockaddr(op.entry.family or 0, op.address)
+                except (OSError, ValueError) as exc:
+                    self._finish(op, None, 0, exc if isinstance(exc, OSError)
+                                 else OSError(errno.EINVAL, str(exc)))
+                    return
+                buf = ffi.from_buffer(op.buffer)
+            else:
+                buf = ffi.from_buffer(op.buffer, require_writable=True)
+            msg = ffi.new("struct pio_msg *")
+            if raw:
+                ffi.memmove(msg.addr, raw, len(raw))
+            lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)
+            inf = self._track(op, buf, msg)
+            opcode = lib.IORING_OP_SENDMSG if kind == "sendto" else lib.IORING_OP_RECVMSG
+            flags = socket.MSG_NOSIGNAL if kind == "sendto" else 0
+            self._submit_op(inf, (opcode, 0, fd,
+                                  int(ffi.cast("uintptr_t", ffi.addressof(msg, "hdr"))), 1,
+                                  flags, 0, inf.uid))
+        else:  # pragma: no cover - the shared code only starts the kinds above
+            raise AssertionError(kind)
+
+    def _submit_rest(self, inf: _Inflight) -> None:
+        """(Re)submit what is left of a send or write, from ``op.sent`` on."""
+        op = inf.op
+        base = int(_ffi.cast("uintptr_t", inf.keep))
+        total = len(inf.keep)
+        if op.kind == "send":
+            args = (_lib.IORING_OP_SEND, 0, op.entry.fd, base + op.sent, total - op.sent,
+                    socket.MSG_NOSIGNAL | socket.MSG_WAITALL, 0, inf.uid)
+        else:
+            args = (_lib.IORING_OP_WRITE, 0, op.entry.fd, base + op.sent, total - op.sent,
+                    0, op.offset + op.sent, inf.uid)
+        self._submit_op(inf, args)
+
+    def _cancel(self, op: Operation) -> None:
+        inf = op.native
+        if not isinstance(inf, _Inflight) or inf.uid not in self._inflight:
+            self._finish(op, None, op.sent, op.cancel_error)
+            return
+        with self._sq_lock:
+            if inf.args in self._backlog:  # never reached the kernel: finish it here
+                self._backlog.remove(inf.args)
+                del self._inflight[inf.uid]
+                self._finish(op, None, op.sent, op.cancel_error)
+                return
+        # The target's own CQE decides: -ECANCELED, or the real result if it won the race.
+        self._push((_lib.IORING_OP_ASYNC_CANCEL, 0, -1, inf.uid, 0, 0, 0, _UDATA_IGNORE))
+
+    # ------------------------------------------------------------------ completion
+    def _poll(self, timeout: float | None) -> None:
+        lib, ring = _lib, self._ring
+        ns = -1 if timeout is None else int(timeout * 1e9)
+        with self._sq_lock:
+            if self._backlog:
+                self._flush_backlog()
+            if ns > 0 and not self._ext_arg:
+                lib.pio_queue_wait_timeout(ring, ns, 1)
+        if not lib.pio_cq_ready(ring):
+            lib.pio_enter(ring, 1, ns)  # submit and wait in one syscall, GIL released
+        self._reap()
+
+    def _reap(self) -> None:
+        lib, ring, cqes = _lib, self._ring, self._cqes
+        while True:
+            n = lib.pio_reap(ring, cqes, _REAP_BATCH)
+            if not n:
+                return
+            with self._lock:
+                for uid, res, flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
+                    if uid > _UDATA_WAKE:
+                        self._complete(uid, res)
+                    elif uid == _UDATA_WAKE:
+                        self._wake_pending = False
+            if n < _REAP_BATCH:
+                if self._backlog:
+                    with self._sq_lock:
+                        self._flush_backlog()
+                        lib.pio_enter(ring, 0, 0)
+                return
+
+    def _complete(self, uid: int, res: int) -> None:
+        """(lock held) Handle the CQE of operation ``uid``."""
+        inf = self._inflight.get(uid)
+        if inf is None:
+            return
+        op = inf.op
+        kind = op.kind
+        if res < 0:
+            del self._inflight[uid]
+            code = -res
+            error: OSError
+            if op.cancel_error is not None and code in (errno.ECANCELED, errno.EINTR):
+                error = op.cancel_error
+            else:
+                error = error_from_errno(code)
+            self._finish(op, None, op.sent, error)
+            return
+        if kind == "send" or kind == "write":
+            op.sent += res
+            if op.sent < len(inf.keep):
+                if op.cancel_error is not None or op.done:
+                    del self._inflight[uid]
+                    self._finish(op, None, op.sent, op.cancel_error)
+                elif res == 0:
+                    del self._inflight[uid]
+                    self._finish(op, None, op.sent, error_from_errno(errno.EPIPE))
+                else:
+                    self._submit_rest(inf)  # a short send/write: the rest, same uid
+                return
+            del self._inflight[uid]
+            self._finish(op, op.sent, op.sent)
+            return
+        del self._inflight[uid]
+        if kind == "recv" or kind == "read":
+            self._finish(op, op.recv_result(res), res)
+        elif kind == "accept":
+            entry = op.entry
+            assert entry.sock is not None
+            try:
+                msg = inf.msg
+                address = _decode_sockaddr(bytes(_ffi.buffer(msg.addr, min(msg.addrlen, 128))))
+                conn = socket.socket(entry.family, socket.SOCK_STREAM if entry.type is None
+                                     else entry.type, entry.sock.proto, fileno=res)
+            except BaseException:
+                os.close(res)
+                raise
+            if not self._finish(op, (conn, address), 0):
+                conn.close()  # the port closed meanwhile: nobody will ever see it
+        elif kind == "connect":
+            self._finish(op, None, 0)
+        elif kind == "recvfrom":
+            msg = inf.msg
+            namelen = min(_lib.pio_msg_namelen(msg), 128)
+            address = _decode_sockaddr(bytes(_ffi.buffer(msg.addr, namelen)))
+            self._finish(op, (op.recv_result(res), address), res)
+        else:  # sendto
+            self._finish(op, res, res)
+
+    def _wakeup(self) -> None:
+        with self._sq_lock:
+            if self._wake_pending or not self._ring_open:
+                return
+            self._wake_pending = True
+            if self._backlog or not _lib.pio_push(self._ring, _lib.IORING_OP_NOP, 0, -1, 0, 0,
+                                                  0, 0, _UDATA_WAKE):
+                self._backlog.append((_lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, _UDATA_WAKE))
+                self._flush_backlog()
+            _lib.pio_enter(self._ring, 0, 0)
+
+    def _shutdown(self) -> None:
+        lib, ring = _lib, self._ring
+        with self._sq_lock:
+            self._ring_open = False
+            for args in self._backlog:  # never submitted: the kernel never saw their buffers
+                self._inflight.pop(args[-1], None)
+            self._backlog.clear()
+        with self._lock:
+            uids = list(self._inflight)
+        for uid in uids:
+            with self._sq_lock:
+                self._backlog.append((lib.IORING_OP_ASYNC_CANCEL, 0, -1, uid, 0, 0, 0,
+                                      _UDATA_IGNORE))
+                self._flush_backlog()
+                lib.pio_enter(ring, 0, 0)
+        # Reap until the kernel has answered for every buffer it was given.
+        deadline = time.monotonic() + _SHUTDOWN_GRACE
+        while self._inflight and time.monotonic() < deadline:
+            with self._sq_lock:
+                self._flush_backlog()
+            lib.pio_enter(ring, 1, 50_000_000)
+            self._reap()
+        if self._inflight:
+            # The kernel still owns some buffers (e.g. a read stuck on a slow device): leak
+            # them, and the ring, rather than free memory the kernel may still write.
+            _GRAVEYARD.append((ring, dict(self._inflight)))
+            return
+        lib.pio_teardown(ring)
