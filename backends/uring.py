@@ -106,6 +106,8 @@ _CQE = struct.Struct("=QiI")  # pio_cqe: user_data, res, flags
 
 # Buffers the kernel still owned when a port gave up waiting at close: kept forever.
 _GRAVEYARD: list[object] = []
+# The in-flight registries of ports not yet shut down (see UringPort.__init__).
+_LIVE: dict[int, dict[int, _Inflight]] = {}
 
 _REQUIRED_OPS = ("NOP", "READ", "WRITE", "SEND", "RECV", "SENDMSG", "RECVMSG", "ACCEPT",
                  "CONNECT", "ASYNC_CANCEL")
@@ -302,6 +304,8 @@ class UringPort(PortBase):
         self._sq_lock = threading.Lock()  # order: self._lock, then self._sq_lock
         self._backlog: deque[tuple[int, ...]] = deque()  # SQEs that did not fit (SQ full/busy)
         self._inflight: dict[int, _Inflight] = {}
+        # A port dropped without close() must not free buffers the kernel still owns.
+        _LIVE[id(self._inflight)] = self._inflight
         self._next_uid = 2
         self._wake_pending = False
         self._ring_open = True
@@ -340,7 +344,9 @@ class UringPort(PortBase):
         self._next_uid = uid + 1
         inf = _Inflight(uid, op, keep, msg)
         self._inflight[uid] = inf
-        op.native = inf
+        # Only the number: an op <-> _Inflight cycle would leave the buffer view to the cyclic
+        # GC, which cannot clear a memoryview that cffi still exports (and crashes trying).
+        op.native = uid
         return inf
 
     def _submit_op(self, inf: _Inflight, args: tuple[int, ...]) -> None:
@@ -430,8 +436,8 @@ class UringPort(PortBase):
         self._submit_op(inf, args)
 
     def _cancel(self, op: Operation) -> None:
-        inf = op.native
-        if not isinstance(inf, _Inflight) or inf.uid not in self._inflight:
+        inf = self._inflight.get(op.native) if isinstance(op.native, int) else None
+        if inf is None:
             self._finish(op, None, op.sent, op.cancel_error)
             return
         with self._sq_lock:
@@ -566,6 +572,7 @@ class UringPort(PortBase):
                 self._flush_backlog()
             lib.pio_enter(ring, 1, 50_000_000)
             self._reap()
+        _LIVE.pop(id(self._inflight), None)
         if self._inflight:
             # The kernel still owns some buffers (e.g. a read stuck on a slow device): leak
             # them, and the ring, rather than free memory the kernel may still write.
