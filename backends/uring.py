@@ -163,7 +163,8 @@ def _unavailable_reason() -> str | None:
         supported = _ffi.new("uint8_t[256]")
         if _lib.pio_probe_ops(ring, supported, 256) < 0:
             return "the kernel's io_uring cannot be probed (IORING_REGISTER_PROBE; Linux < 5.6)"
-        missing = [name for name in _REQUIRED_OPS if not supported[getattr(_lib, f"IORING_OP_{name}")]]
+        missing = [name for name in _REQUIRED_OPS
+                   if not supported[getattr(_lib, f"IORING_OP_{name}")]]
         if missing:
             return f"the kernel's io_uring lacks {', '.join(missing)} (Linux >= 5.6 needed)"
         # A seccomp filter may allow setup yet refuse io_uring_enter: do a real round trip.
@@ -334,9 +335,9 @@ class UringPort(PortBase):
         """(sq lock held) Move backlogged SQEs into the SQ, submitting to make room."""
         lib, ring, backlog = _lib, self._ring, self._backlog
         while backlog:
-            if not lib.pio_push(ring, *backlog[0]):
-                if lib.pio_enter(ring, 0, 0) <= 0 or not lib.pio_push(ring, *backlog[0]):
-                    return  # the kernel is busy (CQ overflow): retried after the next reap
+            if not lib.pio_push(ring, *backlog[0]) and (
+                    lib.pio_enter(ring, 0, 0) <= 0 or not lib.pio_push(ring, *backlog[0])):
+                return  # the kernel is busy (CQ overflow): retried after the next reap
             backlog.popleft()
 
     def _track(self, op: Operation, keep: Any, msg: Any = None) -> _Inflight:
@@ -366,14 +367,14 @@ class UringPort(PortBase):
         lib, ffi = _lib, _ffi
         kind = op.kind
         fd = op.entry.fd
-        if kind == "recv" or kind == "read":
+        if kind in {"recv", "read"}:
             buf = ffi.from_buffer(op.buffer, require_writable=True)
             inf = self._track(op, buf)
             opcode = lib.IORING_OP_RECV if kind == "recv" else lib.IORING_OP_READ
             off = op.offset if kind == "read" else 0
             self._submit_op(inf, (opcode, 0, fd, int(ffi.cast("uintptr_t", buf)), len(buf),
                                   0, off, inf.uid))
-        elif kind == "send" or kind == "write":
+        elif kind in {"send", "write"}:
             buf = ffi.from_buffer(op.buffer)
             inf = self._track(op, buf)
             self._submit_rest(inf)
@@ -397,7 +398,7 @@ class UringPort(PortBase):
             inf = self._track(op, None, msg)
             self._submit_op(inf, (lib.IORING_OP_CONNECT, 0, fd,
                                   int(ffi.cast("uintptr_t", msg.addr)), 0, 0, len(raw), inf.uid))
-        elif kind == "recvfrom" or kind == "sendto":
+        elif kind in {"recvfrom", "sendto"}:
             raw = b""
             if kind == "sendto":
                 try:
@@ -427,6 +428,7 @@ class UringPort(PortBase):
         op = inf.op
         base = int(_ffi.cast("uintptr_t", inf.keep))
         total = len(inf.keep)
+        args: tuple[int, ...]
         if op.kind == "send":
             args = (_lib.IORING_OP_SEND, 0, op.entry.fd, base + op.sent, total - op.sent,
                     socket.MSG_NOSIGNAL | socket.MSG_WAITALL, 0, inf.uid)
@@ -469,7 +471,7 @@ class UringPort(PortBase):
             if not n:
                 return
             with self._lock:
-                for uid, res, flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
+                for uid, res, _flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
                     if uid > _UDATA_WAKE:
                         self._complete(uid, res)
                     elif uid == _UDATA_WAKE:
@@ -498,7 +500,7 @@ class UringPort(PortBase):
                 error = error_from_errno(code)
             self._finish(op, None, op.sent, error)
             return
-        if kind == "send" or kind == "write":
+        if kind in {"send", "write"}:
             op.sent += res
             if op.sent < len(inf.keep):
                 if op.cancel_error is not None or op.done:
@@ -514,7 +516,7 @@ class UringPort(PortBase):
             self._finish(op, op.sent, op.sent)
             return
         del self._inflight[uid]
-        if kind == "recv" or kind == "read":
+        if kind in {"recv", "read"}:
             self._finish(op, op.recv_result(res), res)
         elif kind == "accept":
             entry = op.entry
@@ -522,8 +524,9 @@ class UringPort(PortBase):
             try:
                 msg = inf.msg
                 address = _decode_sockaddr(bytes(_ffi.buffer(msg.addr, min(msg.addrlen, 128))))
-                conn = socket.socket(entry.family, socket.SOCK_STREAM if entry.type is None
-                                     else entry.type, entry.sock.proto, fileno=res)
+                conn = socket.socket(entry.family or socket.AF_INET,
+                                     entry.type or socket.SOCK_STREAM, entry.sock.proto,
+                                     fileno=res)
             except BaseException:
                 os.close(res)
                 raise

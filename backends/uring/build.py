@@ -20,8 +20,10 @@ ffibuilder.set_source(
     "portio.backends._uring_cffi",
     (HERE / "uring.c").read_text(),
     # PORTIO_URING_CFLAGS lets tools/asan-uring.sh add -fsanitize=address.
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
-    + os.environ.get("PORTIO_URING_CFLAGS", "").split(),
+    extra_compile_args=[
+        "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+        *os.environ.get("PORTIO_URING_CFLAGS", "").split(),
+    ],
     extra_link_args=os.environ.get("PORTIO_URING_LDFLAGS", "").split(),
 )
 
