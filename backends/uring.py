@@ -99,6 +99,8 @@ _REAP_BATCH = 256
 #: How long close() waits for the kernel to hand back every buffer before it gives up and
 #: deliberately leaks them (a use-after-free would be worse).
 _SHUTDOWN_GRACE = 5.0
+#: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
+_CANCEL_WAIT = 0.5
 
 _UDATA_IGNORE = 0  # cancel requests, linked timeouts
 _UDATA_WAKE = 1  # the poller's wake-up NOP
@@ -450,6 +452,12 @@ class UringPort(PortBase):
                 return
         # The target's own CQE decides: -ECANCELED, or the real result if it won the race.
         self._push((_lib.IORING_OP_ASYNC_CANCEL, 0, -1, inf.uid, 0, 0, 0, _UDATA_IGNORE))
+        if not self._polling:
+            # Nobody else is reaping (we hold the lock and no poller runs), so wait for the
+            # answer here: it is nearly always immediate, and it keeps a handle's completions
+            # in order when close_handle() cancels a started operation and the queued ones
+            # behind it (those complete at once, in the shared code).
+            self._reap_until_gone(inf.uid, _CANCEL_WAIT)
 
     # ------------------------------------------------------------------ completion
     def _poll(self, timeout: float | None) -> None:
@@ -464,18 +472,38 @@ class UringPort(PortBase):
             lib.pio_enter(ring, 1, ns)  # submit and wait in one syscall, GIL released
         self._reap()
 
-    def _reap(self) -> None:
-        lib, ring, cqes = _lib, self._ring, self._cqes
+    def _reap_until_gone(self, uid: int, patience: float) -> None:
+        """(lock held, no poller) Reap until operation ``uid``'s CQE arrived, for at most
+        ``patience`` seconds (the poller picks it up later otherwise)."""
+        lib, ring = _lib, self._ring
+        deadline = time.monotonic() + patience
         while True:
-            n = lib.pio_reap(ring, cqes, _REAP_BATCH)
-            if not n:
+            self._drain_locked()
+            if uid not in self._inflight:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            lib.pio_enter(ring, 1, int(left * 1e9))
+
+    def _drain_locked(self) -> int:
+        """(lock held, and this thread is the only reaper) One batch of CQEs."""
+        cqes = self._cqes
+        n: int = _lib.pio_reap(self._ring, cqes, _REAP_BATCH)
+        for uid, res, _flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
+            if uid > _UDATA_WAKE:
+                self._complete(uid, res)
+            elif uid == _UDATA_WAKE:
+                self._wake_pending = False
+        return n
+
+    def _reap(self) -> None:
+        lib, ring = _lib, self._ring
+        while True:
+            if not lib.pio_cq_ready(ring) and not self._backlog:
                 return
             with self._lock:
-                for uid, res, _flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
-                    if uid > _UDATA_WAKE:
-                        self._complete(uid, res)
-                    elif uid == _UDATA_WAKE:
-                        self._wake_pending = False
+                n = self._drain_locked()
             if n < _REAP_BATCH:
                 if self._backlog:
                     with self._sq_lock:

@@ -393,7 +393,12 @@ int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count)
 unsigned pio_cq_ready(pio_ring *r)
 {
     unsigned tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
-    return tail - *r->cq_khead;
+    unsigned n = tail - *r->cq_khead;
+
+    /* CQEs parked on the kernel's overflow list count too: pio_reap() fetches them. */
+    if (!n && (__atomic_load_n(r->sq_kflags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW))
+        n = 1;
+    return n;
 }
 
 int pio_reap(pio_ring *r, pio_cqe *out, int max)

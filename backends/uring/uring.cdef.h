@@ -72,7 +72,8 @@ int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count);
  * list (IORING_FEAT_NODROP) when the ring runs dry. Returns the count. */
 int pio_reap(pio_ring *r, pio_cqe *out, int max);
 
-/* Completions ready in the ring right now. */
+/* Completions ready in the ring right now (at least 1 if the kernel holds
+ * overflowed CQEs: pio_reap() will fetch them). */
 unsigned pio_cq_ready(pio_ring *r);
 
 /* Fill supported[op] = 1 for each opcode the kernel supports (n entries).
