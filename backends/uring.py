@@ -52,6 +52,11 @@ Traps, and what this module does about them
   kernel would run a socket's completion work only when the *submitting* thread next enters the
   kernel, which a thread blocked in a user-space lock never does.  Both are probed and reported
   by :func:`ring_features`, not used.
+- *Threads that exit.*  A socket request's completion work runs in the task that submitted it;
+  if that thread has exited, the kernel completes the request with ``-ECANCELED`` instead
+  (measured on Linux 6.18), having consumed nothing.  Such a cancel that nobody asked for is
+  re-submitted from the reaping thread (bounded by ``_MAX_RESUBMITS``), so a worker thread may
+  start an operation and end.
 - *Waking the poller.*  A post or close from another thread submits a NOP (user_data 1); its CQE
   ends the poller's ``io_uring_enter``.  One NOP at most is outstanding.
 - *Refusal.*  Kernels can refuse io_uring at run time: ``ENOSYS`` (too old, or compiled out),
@@ -99,6 +104,9 @@ _REAP_BATCH = 256
 #: How long close() waits for the kernel to hand back every buffer before it gives up and
 #: deliberately leaks them (a use-after-free would be worse).
 _SHUTDOWN_GRACE = 5.0
+#: Re-submissions of one operation after cancels nobody asked for (see _complete), before
+#: the cancel is delivered as an error: a bound so a kernel that keeps refusing cannot spin us.
+_MAX_RESUBMITS = 16
 #: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
 _CANCEL_WAIT = 0.5
 
@@ -266,7 +274,7 @@ class _Inflight:
     msghdr + sockaddr scratch); dropping them before the CQE would be a use-after-free.
     """
 
-    __slots__ = ("args", "keep", "msg", "op", "uid")
+    __slots__ = ("args", "keep", "msg", "op", "resubmits", "uid")
 
     def __init__(self, uid: int, op: Operation, keep: Any, msg: Any) -> None:
         self.uid = uid
@@ -274,6 +282,7 @@ class _Inflight:
         self.keep = keep
         self.msg = msg
         self.args: tuple[int, ...] = ()
+        self.resubmits = 0
 
 
 # Setup flags asked for: CQSIZE for the CQ above, CLAMP so an over-large request degrades,
@@ -518,6 +527,19 @@ class UringPort(PortBase):
             return
         op = inf.op
         kind = op.kind
+        if res == -errno.ECANCELED and op.cancel_error is None and not op.done \
+                and not self._closed and inf.resubmits < _MAX_RESUBMITS:
+            # Nobody asked for this cancel: the thread that submitted the request exited, and
+            # io_uring cancels a request whose completion work can no longer run in its task.
+            # It consumed nothing (the kernel had not done the I/O yet), so submit it again
+            # from this thread, which is alive.
+            inf.resubmits += 1
+            if inf.msg is not None and kind == "accept":
+                inf.msg.addrlen = 128
+            self._submit_op(inf, inf.args)
+            return
+        if res == -errno.EISCONN and kind == "connect" and inf.resubmits:
+            res = 0  # a re-submitted connect found the first attempt had succeeded
         if res < 0:
             del self._inflight[uid]
             code = -res

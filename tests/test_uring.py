@@ -1,0 +1,399 @@
+"""io_uring backend tests: the ring's own failure modes (overflow, a full SQ, thousands in flight,
+cancel races, refusal by the kernel).  The shared behaviour is in tests/contract/."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import portio
+from tests.contract.support import WAIT
+
+if not sys.platform.startswith("linux"):
+    pytest.skip(f"io_uring is Linux-only; this is {sys.platform}", allow_module_level=True)
+_REASON = portio.backend_status().get("io_uring")
+if _REASON is not None:
+    pytest.skip(f"io_uring is unavailable on this Linux: {_REASON}", allow_module_level=True)
+
+from portio.backends import uring  # noqa: E402 - only importable usefully past the skips
+
+
+@pytest.fixture
+def port() -> Iterator[uring.UringPort]:
+    p = portio.open_port("io_uring", concurrency=4)
+    assert isinstance(p, uring.UringPort)
+    with p:
+        yield p
+
+
+@pytest.fixture
+def small_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[uring.UringPort]:
+    """A port on a tiny ring (8 SQEs, 16 CQEs) so overflow and SQ pressure happen early."""
+    monkeypatch.setattr(uring, "_SQ_ENTRIES", 8)
+    monkeypatch.setattr(uring, "_CQ_ENTRIES", 16)
+    p = uring.UringPort(concurrency=4)
+    assert p.ring_info["cq_entries"] == 16
+    with p:
+        yield p
+
+
+def _pairs(port: portio.CompletionPort, n: int) -> list[tuple[socket.socket, socket.socket]]:
+    pairs = []
+    for i in range(n):
+        a, b = socket.socketpair()
+        port.register(a, i)
+        pairs.append((a, b))
+    return pairs
+
+
+def _close_pairs(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def _drain(port: portio.CompletionPort, count: int) -> list[portio.Completion]:
+    got: list[portio.Completion] = []
+    while len(got) < count:
+        batch = port.get_many(1024, timeout=WAIT)
+        assert batch, f"only {len(got)} of {count} completions arrived"
+        got.extend(batch)
+    return got
+
+
+@pytest.fixture(autouse=True)
+def _more_fds() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 8192 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
+
+
+def test_ring_features_are_reported() -> None:
+    info = uring.ring_features()
+    assert info["feat:nodrop"] is True
+    assert info["used:cq_entries"] >= uring._CQ_ENTRIES
+
+
+def test_cq_overflow_flood_of_short_recvs_loses_nothing(small_port: uring.UringPort) -> None:
+    # 600 recvs that all complete at once into a 16-entry CQ: most go through the kernel's
+    # overflow list (IORING_FEAT_NODROP), then the reaper drains it.
+    pairs = _pairs(small_port, 600)
+    try:
+        for i, (_, b) in enumerate(pairs):
+            b.sendall(b"%05d" % i)
+        ops = {small_port.recv(a, 1, data=i) for i, (a, _) in enumerate(pairs)}
+        got = _drain(small_port, len(ops))
+        assert {c.op for c in got} == ops
+        assert all(c.result == (b"%05d" % c.data)[:1] for c in got)
+        assert small_port.ring_info["inflight"] == 0
+    finally:
+        _close_pairs(pairs)
+
+
+def test_cq_overflow_while_posts_flood_from_threads(small_port: uring.UringPort) -> None:
+    pairs = _pairs(small_port, 200)
+    posts_per_thread = 500
+    try:
+        def poster(t: int) -> None:
+            for j in range(posts_per_thread):
+                small_port.post(("post", t), nbytes=j)
+                small_port._wakeup()  # hammer the wake-up NOP too
+
+        threads = [threading.Thread(target=poster, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for _, b in pairs:
+            b.sendall(b"xy")
+        for a, _ in pairs:
+            small_port.recv(a, 1)
+            small_port.recv(a, 1)
+        for t in threads:
+            t.join()
+        got = _drain(small_port, 4 * posts_per_thread + 2 * len(pairs))
+        assert sum(c.kind == "post" for c in got) == 4 * posts_per_thread
+        recvd = [c for c in got if c.kind == "recv"]
+        assert all(c.error is None for c in recvd)
+        by_key: dict[Any, bytes] = {}
+        for c in recvd:  # per socket, the two one-byte recvs arrive in order
+            by_key[c.key] = by_key.get(c.key, b"") + c.result
+        assert set(by_key.values()) == {b"xy"}
+    finally:
+        _close_pairs(pairs)
+
+
+class _FlakyLib:
+    """Proxy for the cffi lib whose pio_push reports a full SQ every other call."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.calls = 0
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def pio_push(self, *args: Any) -> int:
+        self.calls += 1
+        if self.calls % 2:
+            self.refused += 1
+            return 0
+        result: int = self._lib.pio_push(*args)
+        return result
+
+
+def test_sq_full_keeps_operations_in_user_space_and_in_order(
+        port: uring.UringPort, monkeypatch: pytest.MonkeyPatch) -> None:
+    flaky = _FlakyLib(uring._lib)
+    monkeypatch.setattr(uring, "_lib", flaky)
+    a, b = socket.socketpair()
+    with a, b:
+        port.register(a)
+        ops = [port.send(a, bytes([i]) * 1000) for i in range(50)]
+        got = _drain(port, 50)
+        assert [c.op for c in got] == ops
+        data = b""
+        b.settimeout(WAIT)
+        while len(data) < 50_000:
+            data += b.recv(65536)
+        assert data == b"".join(bytes([i]) * 1000 for i in range(50))
+    assert flaky.refused > 0
+    assert port.ring_info["backlog"] == 0
+
+
+def test_sq_full_at_the_c_level_returns_how_many_fitted() -> None:
+    ffi, lib = uring._ffi, uring._lib
+    ring, err = uring._open_ring(8, 16, 0)
+    assert ring is not None, os.strerror(err)
+    try:
+        descs = ffi.new("pio_sqe_desc[20]")
+        for i in range(20):
+            descs[i].opcode = lib.IORING_OP_NOP
+            descs[i].fd = -1
+            descs[i].user_data = 100 + i
+        assert lib.pio_sq_space(ring) == 8
+        assert lib.pio_queue(ring, descs, 20) == 8  # the rest is the caller's to keep
+        assert lib.pio_sq_space(ring) == 0
+        assert lib.pio_enter(ring, 8, 1_000_000_000) == 8
+        assert lib.pio_queue(ring, descs + 8, 12) == 8
+        assert lib.pio_enter(ring, 0, 0) == 8
+        cqes = ffi.new("pio_cqe[32]")
+        time.sleep(0.01)
+        n = lib.pio_reap(ring, cqes, 32)
+        assert sorted(cqes[i].user_data for i in range(n)) == list(range(100, 116))
+        # A linked timeout takes two slots.
+        descs[0].timeout_ns = 10**9
+        assert lib.pio_queue(ring, descs, 8) == 7
+    finally:
+        lib.pio_teardown(ring)
+
+
+def test_thousands_of_operations_in_flight(port: uring.UringPort) -> None:
+    pairs = _pairs(port, 2500)
+    try:
+        ops = {port.recv(a, 16, data=i) for i, (a, _) in enumerate(pairs)}
+        assert port.ring_info["inflight"] == 2500
+        for i, (_, b) in enumerate(pairs):
+            b.send(b"%d" % i)
+        got = _drain(port, len(ops))
+        assert {c.op for c in got} == ops
+        assert all(c.result == b"%d" % c.data for c in got)
+    finally:
+        _close_pairs(pairs)
+
+
+def _filled(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["accept", "connect", "recv", "send", "recvfrom", "sendto",
+                                  "read", "write"])
+def test_cancel_each_kind(port: uring.UringPort, kind: str, tmp_path: Any) -> None:
+    """A pending operation cancelled completes once with OperationCancelled; one the kernel
+    already finished (UDP sends, file I/O) completes once with its real result."""
+    closing: list[Any] = []
+    try:
+        if kind in ("accept", "connect"):
+            lst = socket.socket()
+            closing.append(lst)
+            lst.bind(("127.0.0.1", 0))
+            lst.listen(0)
+            if kind == "accept":
+                port.register(lst)
+                op = port.accept(lst)
+            else:
+                # Fill the listener's backlog so a further connect's SYN goes unanswered.
+                for _ in range(4):
+                    s = socket.socket()
+                    closing.append(s)
+                    s.setblocking(False)
+                    s.connect_ex(lst.getsockname())
+                time.sleep(0.05)
+                c = socket.socket()
+                closing.append(c)
+                port.register(c)
+                op = port.connect(c, lst.getsockname())
+        elif kind in ("recv", "send"):
+            a, b = socket.socketpair()
+            closing += [a, b]
+            port.register(a)
+            if kind == "send":
+                _filled(a)
+                op = port.send(a, b"x" * 100_000)
+            else:
+                op = port.recv(a, 10)
+        elif kind in ("recvfrom", "sendto"):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            closing.append(u)
+            u.bind(("127.0.0.1", 0))
+            port.register(u)
+            op = (port.recvfrom(u, 100) if kind == "recvfrom"
+                  else port.sendto(u, b"d", u.getsockname()))
+        else:
+            f = portio.open_file(tmp_path / "f", "w+b")
+            closing.append(f)
+            port.register(f)
+            op = port.read(f, 10, 0) if kind == "read" else port.write(f, b"abc", 0)
+        time.sleep(0.02)
+        op.cancel()
+        c = port.get(timeout=WAIT)
+        assert c.op is op
+        if kind in ("sendto", "read", "write"):
+            assert c.error is None or isinstance(c.error, portio.OperationCancelled)
+        elif kind == "connect" and c.error is not None and \
+                not isinstance(c.error, portio.OperationCancelled):
+            pytest.skip(f"the loopback answered the connect: {c.error!r}")
+        else:
+            assert isinstance(c.error, portio.OperationCancelled), c
+        with pytest.raises(TimeoutError):
+            port.get(timeout=0.05)  # exactly once
+        assert port.ring_info["inflight"] == 0
+    finally:
+        for obj in closing:
+            obj.close()
+
+
+def test_timeout_racing_data_never_loses_bytes(port: uring.UringPort) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        port.register(a)
+        received = bytearray()
+        sent = bytearray()
+        timeouts = 0
+        for i in range(200):
+            chunk = bytes([i % 256]) * (1 + i % 7)
+            sent += chunk
+            # The peer writes while this thread waits in get(): timeout first, a close race,
+            # or data first.
+            delay = (0.003, 0.001, 0.0)[i % 3]
+            writer = threading.Timer(delay, b.send, args=(chunk,))
+            op = port.recv(a, 64, timeout=0.001)
+            writer.start()
+            c = port.get(timeout=WAIT)
+            writer.join()
+            assert c.op is op
+            if c.error is None:
+                received += c.result
+            else:
+                assert isinstance(c.error, TimeoutError)
+                timeouts += 1
+        while len(received) < len(sent):
+            op = port.recv(a, 4096)
+            c = port.get(timeout=WAIT)
+            assert c.op is op and c.error is None
+            received += c.result
+        assert received == sent
+        assert timeouts > 0
+
+
+def test_recv_survives_the_thread_that_started_it(port: uring.UringPort) -> None:
+    # io_uring runs a socket's completion work in the task that submitted it; the request must
+    # still complete after that thread exits.
+    a, b = socket.socketpair()
+    with a, b:
+        port.register(a)
+        box: list[portio.Operation] = []
+        t = threading.Thread(target=lambda: box.append(port.recv(a, 10)))
+        t.start()
+        t.join()
+        time.sleep(0.05)
+        b.send(b"late")
+        c = port.get(timeout=WAIT)
+        assert c.op is box[0] and c.result == b"late"
+
+
+def test_close_waits_for_the_kernel_to_let_go(port: uring.UringPort) -> None:
+    pairs = _pairs(port, 100)
+    try:
+        for a, _ in pairs:
+            port.recv(a, 1 << 16)
+        inflight = port._inflight
+        port.close()
+        assert not inflight  # every buffer's CQE arrived before the ring was freed
+        assert port._ring.fd == -1
+    finally:
+        _close_pairs(pairs)
+
+
+def test_accept_gives_a_working_socket_and_address(port: uring.UringPort) -> None:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as lst:
+            try:
+                lst.bind((host, 0))
+            except OSError:
+                continue
+            lst.listen()
+            port.register(lst)
+            op = port.accept(lst)
+            with socket.create_connection(lst.getsockname()[:2]) as c:
+                comp = port.get(timeout=WAIT)
+                assert comp.op is op
+                conn, address = comp.result
+                with conn:
+                    assert address[:2] == c.getsockname()[:2]
+                    conn.sendall(b"hi")
+                    assert c.recv(2) == b"hi"
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS])
+def test_refused_io_uring_falls_back_to_selector(monkeypatch: pytest.MonkeyPatch,
+                                                 err: int) -> None:
+    monkeypatch.setattr(uring, "_open_ring", lambda *args: (None, err))
+    try:
+        status = portio.backend_status(refresh=True)
+        reason = status["io_uring"]
+        assert reason is not None
+        assert ("EPERM" if err == errno.EPERM else "ENOSYS") in reason
+        assert portio.available_backends() == ["selector"]
+        with portio.open_port() as p:
+            assert p.backend == "selector"
+        with pytest.raises(portio.BackendUnavailable, match="io_uring"):
+            portio.open_port("io_uring")
+    finally:
+        monkeypatch.undo()
+        assert portio.backend_status(refresh=True)["io_uring"] is None
+
+
+def test_missing_extension_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uring, "_lib", None)
+    monkeypatch.setattr(uring, "_IMPORT_ERROR", "No module named 'portio.backends._uring_cffi'")
+    try:
+        reason = portio.backend_status(refresh=True)["io_uring"]
+        assert reason is not None and "not built" in reason
+        assert portio.available_backends() == ["selector"]
+    finally:
+        monkeypatch.undo()
+        portio.backend_status(refresh=True)
