@@ -4,6 +4,7 @@ cancel races, refusal by the kernel).  The shared behaviour is in tests/contract
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import resource
 import socket
@@ -24,11 +25,12 @@ _REASON = portio.backend_status().get("io_uring")
 if _REASON is not None:
     pytest.skip(f"io_uring is unavailable on this Linux: {_REASON}", allow_module_level=True)
 
-from portio.backends import uring  # noqa: E402 - only importable usefully past the skips
+# Imported by name: mypy cannot follow setuptools' package-dir mapping of portio.backends.
+uring: Any = importlib.import_module("portio.backends.uring")
 
 
 @pytest.fixture
-def port() -> Iterator[uring.UringPort]:
+def port() -> Iterator[Any]:
     p = portio.open_port("io_uring", concurrency=4)
     assert isinstance(p, uring.UringPort)
     with p:
@@ -36,7 +38,7 @@ def port() -> Iterator[uring.UringPort]:
 
 
 @pytest.fixture
-def small_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[uring.UringPort]:
+def small_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A port on a tiny ring (8 SQEs, 16 CQEs) so overflow and SQ pressure happen early."""
     monkeypatch.setattr(uring, "_SQ_ENTRIES", 8)
     monkeypatch.setattr(uring, "_CQ_ENTRIES", 16)
@@ -83,7 +85,7 @@ def test_ring_features_are_reported() -> None:
     assert info["used:cq_entries"] >= uring._CQ_ENTRIES
 
 
-def test_cq_overflow_flood_of_short_recvs_loses_nothing(small_port: uring.UringPort) -> None:
+def test_cq_overflow_flood_of_short_recvs_loses_nothing(small_port: Any) -> None:
     # 600 recvs that all complete at once into a 16-entry CQ: most go through the kernel's
     # overflow list (IORING_FEAT_NODROP), then the reaper drains it.
     pairs = _pairs(small_port, 600)
@@ -99,7 +101,7 @@ def test_cq_overflow_flood_of_short_recvs_loses_nothing(small_port: uring.UringP
         _close_pairs(pairs)
 
 
-def test_cq_overflow_while_posts_flood_from_threads(small_port: uring.UringPort) -> None:
+def test_cq_overflow_while_posts_flood_from_threads(small_port: Any) -> None:
     pairs = _pairs(small_port, 200)
     posts_per_thread = 500
     try:
@@ -151,7 +153,7 @@ class _FlakyLib:
 
 
 def test_sq_full_keeps_operations_in_user_space_and_in_order(
-        port: uring.UringPort, monkeypatch: pytest.MonkeyPatch) -> None:
+        port: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     flaky = _FlakyLib(uring._lib)
     monkeypatch.setattr(uring, "_lib", flaky)
     a, b = socket.socketpair()
@@ -196,7 +198,7 @@ def test_sq_full_at_the_c_level_returns_how_many_fitted() -> None:
         lib.pio_teardown(ring)
 
 
-def test_thousands_of_operations_in_flight(port: uring.UringPort) -> None:
+def test_thousands_of_operations_in_flight(port: Any) -> None:
     pairs = _pairs(port, 2500)
     try:
         ops = {port.recv(a, 16, data=i) for i, (a, _) in enumerate(pairs)}
@@ -221,7 +223,7 @@ def _filled(sock: socket.socket) -> None:
 
 @pytest.mark.parametrize("kind", ["accept", "connect", "recv", "send", "recvfrom", "sendto",
                                   "read", "write"])
-def test_cancel_each_kind(port: uring.UringPort, kind: str, tmp_path: Any) -> None:
+def test_cancel_each_kind(port: Any, kind: str, tmp_path: Any) -> None:
     """A pending operation cancelled completes once with OperationCancelled; one the kernel
     already finished (UDP sends, file I/O) completes once with its real result."""
     closing: list[Any] = []
@@ -286,7 +288,7 @@ def test_cancel_each_kind(port: uring.UringPort, kind: str, tmp_path: Any) -> No
             obj.close()
 
 
-def test_timeout_racing_data_never_loses_bytes(port: uring.UringPort) -> None:
+def test_timeout_racing_data_never_loses_bytes(port: Any) -> None:
     a, b = socket.socketpair()
     with a, b:
         port.register(a)
@@ -319,7 +321,7 @@ def test_timeout_racing_data_never_loses_bytes(port: uring.UringPort) -> None:
         assert timeouts > 0
 
 
-def test_recv_survives_the_thread_that_started_it(port: uring.UringPort) -> None:
+def test_recv_survives_the_thread_that_started_it(port: Any) -> None:
     # io_uring runs a socket's completion work in the task that submitted it; the request must
     # still complete after that thread exits.
     a, b = socket.socketpair()
@@ -335,7 +337,7 @@ def test_recv_survives_the_thread_that_started_it(port: uring.UringPort) -> None
         assert c.op is box[0] and c.result == b"late"
 
 
-def test_close_waits_for_the_kernel_to_let_go(port: uring.UringPort) -> None:
+def test_close_waits_for_the_kernel_to_let_go(port: Any) -> None:
     pairs = _pairs(port, 100)
     try:
         for a, _ in pairs:
@@ -348,7 +350,7 @@ def test_close_waits_for_the_kernel_to_let_go(port: uring.UringPort) -> None:
         _close_pairs(pairs)
 
 
-def test_accept_gives_a_working_socket_and_address(port: uring.UringPort) -> None:
+def test_accept_gives_a_working_socket_and_address(port: Any) -> None:
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         with socket.socket(family) as lst:
             try:
