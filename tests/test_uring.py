@@ -373,6 +373,7 @@ def test_accept_gives_a_working_socket_and_address(port: Any) -> None:
 @pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS])
 def test_refused_io_uring_falls_back_to_selector(monkeypatch: pytest.MonkeyPatch,
                                                  err: int) -> None:
+    monkeypatch.delenv("PORTIO_BACKEND", raising=False)
     monkeypatch.setattr(uring, "_open_ring", lambda *args: (None, err))
     try:
         status = portio.backend_status(refresh=True)
