@@ -107,6 +107,10 @@ _SHUTDOWN_GRACE = 5.0
 #: Re-submissions of one operation after cancels nobody asked for (see _complete), before
 #: the cancel is delivered as an error: a bound so a kernel that keeps refusing cannot spin us.
 _MAX_RESUBMITS = 16
+#: How long a deferred SQE may wait for a poll to submit it before the flusher thread does.
+#: Pollers normally come back within microseconds; this only bounds the latency for a thread
+#: that starts an operation and then blocks on something else.
+_FLUSH_DELAY = 0.0005
 #: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
 _CANCEL_WAIT = 0.5
 
@@ -321,6 +325,12 @@ class UringPort(PortBase):
         self._next_uid = 2
         self._wake_pending = False
         self._ring_open = True
+        # Deferred submission (see _submit_op): all under self._sq_lock.
+        self._deferred = False
+        self._flush_epoch = 0
+        self._flusher: threading.Thread | None = None
+        self._flusher_idle = False
+        self._flush_cond = threading.Condition(self._sq_lock)
         self._cqes = _ffi.new("pio_cqe[]", _REAP_BATCH)
 
     @property
@@ -333,14 +343,45 @@ class UringPort(PortBase):
                 "inflight": len(self._inflight), "backlog": len(self._backlog)}
 
     # ------------------------------------------------------------------ submission
-    def _push(self, args: tuple[int, ...]) -> None:
-        """Queue one SQE (``pio_push`` arguments after the ring) and submit it now."""
+    def _push(self, args: tuple[int, ...], eager: bool = True) -> None:
+        """Queue one SQE (``pio_push`` arguments after the ring); submit it now if ``eager``,
+        else leave it for the next poll (or the flusher thread, within ``_FLUSH_DELAY``)."""
         lib, ring = _lib, self._ring
         with self._sq_lock:
             if self._backlog or not lib.pio_push(ring, *args):
                 self._backlog.append(args)
                 self._flush_backlog()
-            lib.pio_enter(ring, 0, 0)
+            if eager:
+                self._deferred = False
+                self._flush_epoch += 1
+                lib.pio_enter(ring, 0, 0)
+            elif not self._deferred:
+                self._deferred = True
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_later, daemon=True,
+                                                     name="portio-uring-flusher")
+                    self._flusher.start()
+                elif self._flusher_idle:
+                    self._flush_cond.notify()
+
+    def _flush_later(self) -> None:
+        """The flusher thread: submits deferred SQEs that no poll picked up in time."""
+        lock = self._sq_lock
+        while True:
+            with lock:
+                while not self._deferred and self._ring_open:
+                    self._flusher_idle = True
+                    self._flush_cond.wait()
+                    self._flusher_idle = False
+                if not self._ring_open:
+                    return
+                epoch = self._flush_epoch
+            time.sleep(_FLUSH_DELAY)
+            with lock:
+                if self._deferred and self._flush_epoch == epoch and self._ring_open:
+                    self._deferred = False
+                    self._flush_epoch += 1
+                    _lib.pio_enter(self._ring, 0, 0)
 
     def _flush_backlog(self) -> None:
         """(sq lock held) Move backlogged SQEs into the SQ, submitting to make room."""
@@ -363,7 +404,10 @@ class UringPort(PortBase):
 
     def _submit_op(self, inf: _Inflight, args: tuple[int, ...]) -> None:
         inf.args = args
-        self._push(args)
+        # Submit now only if another thread sits in io_uring_enter: it would not see this SQE
+        # until it wakes.  Otherwise the next poll submits it with its wait, in one syscall
+        # for the whole batch (the flusher thread covers a caller that never polls again).
+        self._push(args, self._polling and self._poller_ident != threading.get_ident())
 
     def _attach(self, entry: HandleEntry) -> None:
         # io_uring itself does not care, but the contract says register() makes sockets
@@ -475,6 +519,8 @@ class UringPort(PortBase):
         with self._sq_lock:
             if self._backlog:
                 self._flush_backlog()
+            self._deferred = False  # the enter below submits them
+            self._flush_epoch += 1
             if ns > 0 and not self._ext_arg:
                 lib.pio_queue_wait_timeout(ring, ns, 1)
         if not lib.pio_cq_ready(ring):
@@ -607,6 +653,7 @@ class UringPort(PortBase):
         lib, ring = _lib, self._ring
         with self._sq_lock:
             self._ring_open = False
+            self._flush_cond.notify_all()
             for args in self._backlog:  # never submitted: the kernel never saw their buffers
                 self._inflight.pop(args[-1], None)
             self._backlog.clear()
@@ -618,6 +665,8 @@ class UringPort(PortBase):
                                       _UDATA_IGNORE))
                 self._flush_backlog()
                 lib.pio_enter(ring, 0, 0)
+        if self._flusher is not None:
+            self._flusher.join()
         # Reap until the kernel has answered for every buffer it was given.
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         while self._inflight and time.monotonic() < deadline:
