@@ -44,14 +44,17 @@ Traps, and what this module does about them
   an ``io_uring_enter(GETEVENTS)``, and reaps again.  Submission may answer ``-EBUSY``/
   ``-EAGAIN`` meanwhile; SQEs that do not fit wait in ``self._backlog`` (user space) and are
   retried after the next reap.
-- *One consumer, many producers.*  Any thread may start an operation, so SQEs are written under
-  ``self._sq_lock`` and submitted at once (the starting thread may block on something else
-  next: deferring the submit to the next poll could deadlock it).  The CQ is read only by the
-  poller.  Because submitters vary, ``IORING_SETUP_SINGLE_ISSUER``/``DEFER_TASKRUN`` cannot be
-  used (a submit from a second thread gets ``-EEXIST``), and ``COOP_TASKRUN`` is unsafe: the
-  kernel would run a socket's completion work only when the *submitting* thread next enters the
-  kernel, which a thread blocked in a user-space lock never does.  Both are probed and reported
-  by :func:`ring_features`, not used.
+- *One consumer, many producers.* Any thread may start an operation, so SQEs are written under
+  ``self._sq_lock``. When no other thread sits in ``io_uring_enter``, the SQE is left for the
+  next poll, which submits the whole batch with its wait in one syscall; a thread that starts an
+  operation and then blocks elsewhere would starve it, so a small C flusher thread (no GIL)
+  submits anything still deferred after 500 microseconds. When a poller is in the kernel, the
+  SQE is submitted at once (that poller would not see it until it wakes). The CQ is read only by
+  the poller. Because submitters vary, ``IORING_SETUP_SINGLE_ISSUER`` and ``DEFER_TASKRUN``
+  cannot be used (a submit from a second thread gets ``-EEXIST``), and ``COOP_TASKRUN`` is
+  unsafe: the kernel would run a socket's completion work only when the *submitting* thread next
+  enters the kernel, which a thread blocked in a user-space lock never does. Both are probed and
+  reported by :func:`ring_features`, not used.
 - *Threads that exit.*  A socket request's completion work runs in the task that submitted it;
   if that thread has exited, the kernel completes the request with ``-ECANCELED`` instead
   (measured on Linux 6.18), having consumed nothing.  Such a cancel that nobody asked for is
@@ -107,10 +110,10 @@ _SHUTDOWN_GRACE = 5.0
 #: Re-submissions of one operation after cancels nobody asked for (see _complete), before
 #: the cancel is delivered as an error: a bound so a kernel that keeps refusing cannot spin us.
 _MAX_RESUBMITS = 16
-#: How long a deferred SQE may wait for a poll to submit it before the flusher thread does.
-#: Pollers normally come back within microseconds; this only bounds the latency for a thread
-#: that starts an operation and then blocks on something else.
-_FLUSH_DELAY = 0.0005
+#: How long (microseconds) a deferred SQE may wait for a poll to submit it before the C
+#: flusher thread does.  Pollers normally come back within microseconds; this only bounds
+#: the latency for a thread that starts an operation and then blocks on something else.
+_FLUSH_DELAY_US = 500
 #: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
 _CANCEL_WAIT = 0.5
 
@@ -325,12 +328,6 @@ class UringPort(PortBase):
         self._next_uid = 2
         self._wake_pending = False
         self._ring_open = True
-        # Deferred submission (see _submit_op): all under self._sq_lock.
-        self._deferred = False
-        self._flush_epoch = 0
-        self._flusher: threading.Thread | None = None
-        self._flusher_idle = False
-        self._flush_cond = threading.Condition(self._sq_lock)
         self._cqes = _ffi.new("pio_cqe[]", _REAP_BATCH)
 
     @property
@@ -345,43 +342,14 @@ class UringPort(PortBase):
     # ------------------------------------------------------------------ submission
     def _push(self, args: tuple[int, ...], eager: bool = True) -> None:
         """Queue one SQE (``pio_push`` arguments after the ring); submit it now if ``eager``,
-        else leave it for the next poll (or the flusher thread, within ``_FLUSH_DELAY``)."""
+        else leave it for the next poll (or the C flusher thread, within ``_FLUSH_DELAY_US``)."""
         lib, ring = _lib, self._ring
         with self._sq_lock:
             if self._backlog or not lib.pio_push(ring, *args):
                 self._backlog.append(args)
                 self._flush_backlog()
-            if eager:
-                self._deferred = False
-                self._flush_epoch += 1
+            if eager or lib.pio_defer(ring, _FLUSH_DELAY_US) < 0:
                 lib.pio_enter(ring, 0, 0)
-            elif not self._deferred:
-                self._deferred = True
-                if self._flusher is None:
-                    self._flusher = threading.Thread(target=self._flush_later, daemon=True,
-                                                     name="portio-uring-flusher")
-                    self._flusher.start()
-                elif self._flusher_idle:
-                    self._flush_cond.notify()
-
-    def _flush_later(self) -> None:
-        """The flusher thread: submits deferred SQEs that no poll picked up in time."""
-        lock = self._sq_lock
-        while True:
-            with lock:
-                while not self._deferred and self._ring_open:
-                    self._flusher_idle = True
-                    self._flush_cond.wait()
-                    self._flusher_idle = False
-                if not self._ring_open:
-                    return
-                epoch = self._flush_epoch
-            time.sleep(_FLUSH_DELAY)
-            with lock:
-                if self._deferred and self._flush_epoch == epoch and self._ring_open:
-                    self._deferred = False
-                    self._flush_epoch += 1
-                    _lib.pio_enter(self._ring, 0, 0)
 
     def _flush_backlog(self) -> None:
         """(sq lock held) Move backlogged SQEs into the SQ, submitting to make room."""
@@ -519,8 +487,6 @@ class UringPort(PortBase):
         with self._sq_lock:
             if self._backlog:
                 self._flush_backlog()
-            self._deferred = False  # the enter below submits them
-            self._flush_epoch += 1
             if ns > 0 and not self._ext_arg:
                 lib.pio_queue_wait_timeout(ring, ns, 1)
         if not lib.pio_cq_ready(ring):
@@ -653,7 +619,6 @@ class UringPort(PortBase):
         lib, ring = _lib, self._ring
         with self._sq_lock:
             self._ring_open = False
-            self._flush_cond.notify_all()
             for args in self._backlog:  # never submitted: the kernel never saw their buffers
                 self._inflight.pop(args[-1], None)
             self._backlog.clear()
@@ -665,8 +630,6 @@ class UringPort(PortBase):
                                       _UDATA_IGNORE))
                 self._flush_backlog()
                 lib.pio_enter(ring, 0, 0)
-        if self._flusher is not None:
-            self._flusher.join()
         # Reap until the kernel has answered for every buffer it was given.
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         while self._inflight and time.monotonic() < deadline:

@@ -20,7 +20,9 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <time.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -69,6 +71,15 @@ typedef struct {
      * live until the slot is reused. */
     struct __kernel_timespec *ts;
     struct __kernel_timespec wait_ts;  /* for the fallback timed wait */
+    /* The flusher thread (see pio_defer()): plain C, so it never needs the GIL. */
+    pthread_t flusher;
+    int flusher_started;
+    int flusher_stop;                  /* under mu */
+    unsigned deferred;                 /* atomic: SQEs queued but nobody submitted them */
+    unsigned epoch;                    /* atomic: bumped by every submitting enter */
+    unsigned flush_delay_us;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 } pio_ring;
 
 struct pio_msg {
@@ -141,6 +152,8 @@ int pio_setup(pio_ring *r, unsigned sq_entries, unsigned cq_entries, unsigned fl
 
     memset(r, 0, sizeof(*r));
     r->fd = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
     for (i = 0;; i++) {
         memset(&p, 0, sizeof(p));
         p.flags = flags;
@@ -220,6 +233,16 @@ fail:
 
 void pio_teardown(pio_ring *r)
 {
+    if (r->flusher_started) {
+        pthread_mutex_lock(&r->mu);
+        r->flusher_stop = 1;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->flusher, NULL);   /* short: at most one flush delay */
+        r->flusher_started = 0;
+    }
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
     unmap_all(r);
     if (r->fd >= 0)
         close(r->fd);
@@ -342,6 +365,15 @@ int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
             /* Without EXT_ARG the caller queued pio_queue_wait_timeout(). */
         }
     }
+    if (pio_sq_ready(r)) {
+        /* This enter submits whatever was deferred: the flusher need not. Clear
+         * the flag *before* reading the tail (a full fence: this store and the
+         * tail load pair with pio_defer()'s tail store and flag load), so an SQE
+         * published after our read re-arms the flusher. */
+        __atomic_store_n(&r->deferred, 0, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&r->epoch, 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
     to_submit = pio_sq_ready(r);
     if (!to_submit && !flags)
         return 0;
@@ -368,6 +400,75 @@ int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
             return -errno;
         }
     }
+}
+
+/* The flusher: when SQEs were deferred (left for the next poll to submit with its
+ * wait), give that poll flush_delay_us to happen; if no enter submitted in the
+ * meantime, submit them here. It bounds the latency of an operation started by a
+ * thread that then blocks elsewhere, at the cost of one wake-up per delay while
+ * submissions are being deferred. */
+static void *flusher_main(void *arg)
+{
+    pio_ring *r = arg;
+    sigset_t all;
+
+    sigfillset(&all);   /* signals are the Python main thread's business */
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_mutex_lock(&r->mu);
+    while (!r->flusher_stop) {
+        struct timespec delay;
+        unsigned epoch;
+
+        if (!__atomic_load_n(&r->deferred, __ATOMIC_ACQUIRE)) {
+            pthread_cond_wait(&r->cv, &r->mu);
+            continue;
+        }
+        epoch = __atomic_load_n(&r->epoch, __ATOMIC_ACQUIRE);
+        pthread_mutex_unlock(&r->mu);
+        delay.tv_sec = 0;
+        delay.tv_nsec = (long)r->flush_delay_us * 1000;
+        nanosleep(&delay, NULL);
+        pthread_mutex_lock(&r->mu);
+        if (r->flusher_stop)
+            break;
+        if (__atomic_load_n(&r->deferred, __ATOMIC_ACQUIRE)
+            && __atomic_load_n(&r->epoch, __ATOMIC_ACQUIRE) == epoch) {
+            unsigned n;
+            __atomic_store_n(&r->deferred, 0, __ATOMIC_SEQ_CST);
+            __atomic_add_fetch(&r->epoch, 1, __ATOMIC_SEQ_CST);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            n = pio_sq_ready(r);
+            if (n)
+                sys_enter(r->fd, n, 0, 0, NULL, 0);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+int pio_defer(pio_ring *r, unsigned delay_us)
+{
+    int err;
+
+    /* Pairs with the fence in pio_enter(): our SQE's tail store is ordered
+     * before this load of the flag. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&r->deferred, __ATOMIC_SEQ_CST))
+        return 0;   /* already armed: the common case costs one load */
+    pthread_mutex_lock(&r->mu);
+    r->flush_delay_us = delay_us;
+    __atomic_store_n(&r->deferred, 1, __ATOMIC_RELEASE);
+    if (!r->flusher_started) {
+        err = pthread_create(&r->flusher, NULL, flusher_main, r);
+        if (err) {
+            pthread_mutex_unlock(&r->mu);
+            return -err;   /* caller submits eagerly instead */
+        }
+        r->flusher_started = 1;
+    }
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
 }
 
 int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count)

@@ -64,6 +64,12 @@ int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t ad
  * (-EAGAIN/-EBUSY: the kernel is short of resources, reap then retry). */
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns);
 
+/* Mark queued SQEs as deferred to the next pio_enter(); if none comes within
+ * delay_us, the ring's flusher thread (C, started on first use, stopped by
+ * pio_teardown) submits them. Returns 0, or -errno if the thread could not
+ * start (then submit now). */
+int pio_defer(pio_ring *r, unsigned delay_us);
+
 /* Kernels without IORING_FEAT_EXT_ARG: queue a timeout SQE that ends the
  * next pio_enter() wait (the caller holds the SQ lock). Returns 1 or 0. */
 int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count);
