@@ -400,3 +400,17 @@ def test_missing_extension_is_explained(monkeypatch: pytest.MonkeyPatch) -> None
     finally:
         monkeypatch.undo()
         portio.backend_status(refresh=True)
+
+
+def test_a_deferred_operation_is_submitted_without_a_poll(port: Any) -> None:
+    # Started with no thread polling, a send is left for the next poll; the C flusher must
+    # submit it anyway, since this thread now blocks on the peer instead of calling get().
+    a, b = socket.socketpair()
+    with a, b:
+        port.register(a)
+        port.send(a, b"ping")
+        b.settimeout(WAIT)
+        t = time.monotonic()
+        assert b.recv(4) == b"ping"
+        assert time.monotonic() - t < 0.5
+        assert port.get(timeout=WAIT).result == 4
