@@ -489,8 +489,8 @@ class UringPort(PortBase):
                 self._flush_backlog()
             if ns > 0 and not self._ext_arg:
                 lib.pio_queue_wait_timeout(ring, ns, 1)
-        if not lib.pio_cq_ready(ring):
-            lib.pio_enter(ring, 1, ns)  # submit and wait in one syscall, GIL released
+        # Submit what is deferred, and wait only if nothing is ready (one syscall, no GIL).
+        lib.pio_enter(ring, 0 if lib.pio_cq_ready(ring) else 1, ns)
         self._reap()
 
     def _reap_until_gone(self, uid: int, patience: float) -> None:
