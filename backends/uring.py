@@ -120,6 +120,12 @@ _CANCEL_WAIT = 0.5
 _UDATA_IGNORE = 0  # cancel requests, linked timeouts
 _UDATA_WAKE = 1  # the poller's wake-up NOP
 _CQE = struct.Struct("=QiI")  # pio_cqe: user_data, res, flags
+# Plain ints: IntFlag arithmetic on every send costs more than the rest of the call.
+_SEND_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_WAITALL)  # WAITALL: kernel retries short sends
+_SENDTO_FLAGS = int(socket.MSG_NOSIGNAL)
+_ACCEPT_FLAGS = int(socket.SOCK_CLOEXEC)
+_QUEUE_ONLY, _SUBMIT, _DEFER = (
+    (_lib.PIO_QUEUE_ONLY, _lib.PIO_SUBMIT, _lib.PIO_DEFER) if _lib is not None else (0, 1, 2))
 
 # Buffers the kernel still owned when a port gave up waiting at close: kept forever.
 _GRAVEYARD: list[object] = []
@@ -185,7 +191,7 @@ def _unavailable_reason() -> str | None:
         if missing:
             return f"the kernel's io_uring lacks {', '.join(missing)} (Linux >= 5.6 needed)"
         # A seccomp filter may allow setup yet refuse io_uring_enter: do a real round trip.
-        _lib.pio_push(ring, _lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, 7)
+        _lib.pio_push(ring, _lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, 7, _lib.PIO_QUEUE_ONLY)
         rc = _lib.pio_enter(ring, 1, 1_000_000_000)
         if rc < 0:
             return f"io_uring_enter failed: {errno.errorcode.get(-rc, -rc)}"
@@ -320,6 +326,7 @@ class UringPort(PortBase):
             raise BackendUnavailable(_refusal(err))
         self._ring = ring
         self._ext_arg = bool(ring.features & _lib.IORING_FEAT_EXT_ARG)
+        ring.flush_delay_us = _FLUSH_DELAY_US
         self._sq_lock = threading.Lock()  # order: self._lock, then self._sq_lock
         self._backlog: deque[tuple[int, ...]] = deque()  # SQEs that did not fit (SQ full/busy)
         self._inflight: dict[int, _Inflight] = {}
@@ -345,18 +352,18 @@ class UringPort(PortBase):
         else leave it for the next poll (or the C flusher thread, within ``_FLUSH_DELAY_US``)."""
         lib, ring = _lib, self._ring
         with self._sq_lock:
-            if self._backlog or not lib.pio_push(ring, *args):
+            if self._backlog or not lib.pio_push(ring, *args, _SUBMIT if eager else _DEFER):
                 self._backlog.append(args)
                 self._flush_backlog()
-            if eager or lib.pio_defer(ring, _FLUSH_DELAY_US) < 0:
                 lib.pio_enter(ring, 0, 0)
 
     def _flush_backlog(self) -> None:
         """(sq lock held) Move backlogged SQEs into the SQ, submitting to make room."""
         lib, ring, backlog = _lib, self._ring, self._backlog
         while backlog:
-            if not lib.pio_push(ring, *backlog[0]) and (
-                    lib.pio_enter(ring, 0, 0) <= 0 or not lib.pio_push(ring, *backlog[0])):
+            if not lib.pio_push(ring, *backlog[0], _QUEUE_ONLY) and (
+                    lib.pio_enter(ring, 0, 0) <= 0
+                    or not lib.pio_push(ring, *backlog[0], _QUEUE_ONLY)):
                 return  # the kernel is busy (CQ overflow): retried after the next reap
             backlog.popleft()
 
@@ -406,7 +413,7 @@ class UringPort(PortBase):
             msg.addrlen = 128
             inf = self._track(op, None, msg)
             self._submit_op(inf, (lib.IORING_OP_ACCEPT, 0, fd,
-                                  int(ffi.cast("uintptr_t", msg.addr)), 0, socket.SOCK_CLOEXEC,
+                                  int(ffi.cast("uintptr_t", msg.addr)), 0, _ACCEPT_FLAGS,
                                   int(ffi.cast("uintptr_t", ffi.addressof(msg, "addrlen"))),
                                   inf.uid))
         elif kind == "connect":
@@ -439,7 +446,7 @@ class UringPort(PortBase):
             lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)
             inf = self._track(op, buf, msg)
             opcode = lib.IORING_OP_SENDMSG if kind == "sendto" else lib.IORING_OP_RECVMSG
-            flags = socket.MSG_NOSIGNAL if kind == "sendto" else 0
+            flags = _SENDTO_FLAGS if kind == "sendto" else 0
             self._submit_op(inf, (opcode, 0, fd,
                                   int(ffi.cast("uintptr_t", ffi.addressof(msg, "hdr"))), 1,
                                   flags, 0, inf.uid))
@@ -454,7 +461,7 @@ class UringPort(PortBase):
         args: tuple[int, ...]
         if op.kind == "send":
             args = (_lib.IORING_OP_SEND, 0, op.entry.fd, base + op.sent, total - op.sent,
-                    socket.MSG_NOSIGNAL | socket.MSG_WAITALL, 0, inf.uid)
+                    _SEND_FLAGS, 0, inf.uid)
         else:
             args = (_lib.IORING_OP_WRITE, 0, op.entry.fd, base + op.sent, total - op.sent,
                     0, op.offset + op.sent, inf.uid)
@@ -609,11 +616,11 @@ class UringPort(PortBase):
             if self._wake_pending or not self._ring_open:
                 return
             self._wake_pending = True
-            if self._backlog or not _lib.pio_push(self._ring, _lib.IORING_OP_NOP, 0, -1, 0, 0,
-                                                  0, 0, _UDATA_WAKE):
-                self._backlog.append((_lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, _UDATA_WAKE))
+            nop = (_lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, _UDATA_WAKE)
+            if self._backlog or not _lib.pio_push(self._ring, *nop, _SUBMIT):
+                self._backlog.append(nop)
                 self._flush_backlog()
-            _lib.pio_enter(self._ring, 0, 0)
+                _lib.pio_enter(self._ring, 0, 0)
 
     def _shutdown(self) -> None:
         lib, ring = _lib, self._ring

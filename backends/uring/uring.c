@@ -55,6 +55,7 @@ typedef struct {
     unsigned flags;
     unsigned overflow_flushes;
     unsigned busy_retries;
+    unsigned flush_delay_us;
 
     /* private */
     unsigned *sq_khead, *sq_ktail, *sq_kflags, *sq_array;
@@ -77,7 +78,6 @@ typedef struct {
     int flusher_stop;                  /* under mu */
     unsigned deferred;                 /* atomic: SQEs queued but nobody submitted them */
     unsigned epoch;                    /* atomic: bumped by every submitting enter */
-    unsigned flush_delay_us;
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } pio_ring;
@@ -108,6 +108,13 @@ typedef struct {
     int32_t  res;
     uint32_t flags;
 } pio_cqe;
+
+#define PIO_QUEUE_ONLY 0
+#define PIO_SUBMIT 1
+#define PIO_DEFER 2
+
+int pio_defer(pio_ring *r, unsigned delay_us);
+int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns);
 
 static int sys_setup(unsigned entries, struct io_uring_params *p)
 {
@@ -173,6 +180,7 @@ int pio_setup(pio_ring *r, unsigned sq_entries, unsigned cq_entries, unsigned fl
     }
     r->fd = fd;
     r->flags = flags;
+    r->flush_delay_us = 500;
     r->features = p.features;
     r->sq_entries = p.sq_entries;
     r->cq_entries = p.cq_entries;
@@ -321,7 +329,7 @@ int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n)
 }
 
 int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t addr,
-             uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data)
+             uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data, int mode)
 {
     pio_sqe_desc d;
 
@@ -336,7 +344,14 @@ int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t ad
     d.user_data = user_data;
     d.ioprio = 0;
     d.timeout_ns = 0;
-    return pio_queue(r, &d, 1);
+    if (!pio_queue(r, &d, 1))
+        return 0;
+    /* One call from Python does it all: the hot path pays one GIL round trip. */
+    if (mode == PIO_DEFER && pio_defer(r, r->flush_delay_us) == 0)
+        return 1;
+    if (mode != PIO_QUEUE_ONLY)
+        pio_enter(r, 0, 0);
+    return 1;
 }
 
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)

@@ -36,6 +36,7 @@ typedef struct {
     unsigned flags;           /* IORING_SETUP_* the kernel accepted */
     unsigned overflow_flushes;/* times the reaper drained the kernel's overflow list */
     unsigned busy_retries;    /* EAGAIN/EBUSY answers from io_uring_enter */
+    unsigned flush_delay_us;  /* how long a deferred SQE waits for a poll (500) */
     ...;
 } pio_ring;
 
@@ -54,9 +55,15 @@ unsigned pio_sq_ready(pio_ring *r);
 int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n);
 
 /* pio_queue() of one operation passed as plain arguments (the common case,
- * cheaper to call from Python than filling a struct). Returns 1 or 0. */
+ * cheaper to call from Python than filling a struct), then per mode:
+ * PIO_QUEUE_ONLY, PIO_SUBMIT (pio_enter(r, 0, 0)) or PIO_DEFER (pio_defer()
+ * with r->flush_delay_us; submits now if the flusher cannot start).
+ * Returns 1, or 0 if the SQ is full (nothing done). */
 int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t addr,
-             uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data);
+             uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data, int mode);
+#define PIO_QUEUE_ONLY ...
+#define PIO_SUBMIT ...
+#define PIO_DEFER ...
 
 /* Submit everything queued and, if wait_nr > 0, wait in the same syscall
  * until wait_nr completions are ready or timeout_ns passes (< 0: no
