@@ -321,7 +321,12 @@ class UringPort(PortBase):
         super().__init__(concurrency)
         if _lib is None:
             raise BackendUnavailable(_unavailable_reason() or "io_uring extension missing")
-        ring, err = _open_ring(_SQ_ENTRIES, _CQ_ENTRIES, _SETUP_FLAGS)
+        # Kernels before 5.12 charge the rings to RLIMIT_MEMLOCK (often 64 KiB): on ENOMEM,
+        # retry smaller; the kernel's overflow list absorbs what a small CQ cannot hold.
+        for cq_entries in (_CQ_ENTRIES, _CQ_ENTRIES // 4, 1024):
+            ring, err = _open_ring(min(_SQ_ENTRIES, cq_entries), cq_entries, _SETUP_FLAGS)
+            if ring is not None or err != errno.ENOMEM:
+                break
         if ring is None:
             raise BackendUnavailable(_refusal(err))
         self._ring = ring
