@@ -1,0 +1,101 @@
+"""What the reliability tests share: bounded waits, loopback pairs, and process gauges.
+
+Every wait here has a limit, so a portio bug shows up as a failed test, never a stalled run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import portio
+
+#: Upper bound for any single wait: long enough for a loaded CI machine, short enough that a
+#: hang fails fast instead of stalling the run.
+WAIT = 10.0
+
+
+def complete(port: portio.CompletionPort, op: portio.Operation) -> portio.Completion:
+    """Dequeue the next completion and check it is ``op``'s."""
+    completion = port.get(timeout=WAIT)
+    assert completion.op is op, f"expected {op!r}, dequeued {completion!r}"
+    return completion
+
+
+def assert_nothing_queued(port: portio.CompletionPort, wait: float = 0.2) -> None:
+    """Fail if a completion comes out within ``wait`` seconds (a duplicate or a stray one)."""
+    try:
+        extra = port.get(timeout=wait)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected completion {extra!r}")
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair of plain blocking sockets (10 s timeouts)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        a = socket.create_connection(server.getsockname(), timeout=5)
+        b, _ = server.accept()
+    a.settimeout(WAIT)
+    b.settimeout(WAIT)
+    return a, b
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with SO_LINGER 0, so the peer gets a RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def free_tcp_port() -> int:
+    """A loopback port nobody listens on (bound then released: nothing else binds it here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        number: int = s.getsockname()[1]
+        return number
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything the blocking ``sock`` receives until the peer closes (bounded by WAIT)."""
+    chunks = bytearray()
+    while chunk := sock.recv(65536):
+        chunks += chunk
+    return bytes(chunks)
+
+
+def outcome_of(call: Callable[[], Any], limit: float = WAIT) -> BaseException | Any:
+    """Run ``call`` in a thread; return what it raised or returned.  Fail if it is still
+    running after ``limit`` seconds (a hang), instead of hanging the suite."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as exc:  # the caller inspects it
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"call did not return within {limit} s"
+    return box[0]
+
+
+def fd_count() -> int:
+    """Open descriptors of this process (Linux: /proc/self/fd)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+HAS_PROC = os.path.isdir("/proc/self/fd")
