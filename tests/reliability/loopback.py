@@ -5,11 +5,14 @@ Every wait here has a limit, so a portio bug shows up as a failed test, never a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import portio
@@ -99,3 +102,50 @@ def rss_bytes() -> int:
 
 
 HAS_PROC = os.path.isdir("/proc/self/fd")
+
+
+@dataclass
+class World:
+    """A port and one handle of each kind, for bad or generated calls to aim at."""
+
+    port: portio.CompletionPort
+    tcp: socket.socket  # registered, connected to ``peer``
+    peer: socket.socket
+    udp: socket.socket  # registered, bound
+    file: portio.File  # registered, opened w+b
+    pipe_r: int  # registered read end of a pipe: no offsets
+    pipe_w: int
+    loose: socket.socket  # never registered
+    closed: socket.socket  # registered, then closed by close_handle
+    listener: socket.socket  # registered, listening
+    #: int fds the port closed (close_handle on an int closes it): not to be closed again,
+    #: since the number may already belong to another descriptor.
+    released: set[int] = field(default_factory=set)
+
+
+@contextlib.contextmanager
+def open_world(port: portio.CompletionPort, directory: Path) -> Iterator[World]:
+    """Register one handle of each kind with ``port``; close them all afterwards."""
+    tcp, peer = tcp_pair()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    file = portio.open_file(directory / "world-file", "w+b")
+    pipe_r, pipe_w = os.pipe()
+    loose = socket.socket()
+    closed = socket.socket()
+    for handle, key in ((tcp, "tcp"), (udp, "udp"), (file, "file"), (pipe_r, "pipe"),
+                        (closed, "closed"), (listener, "listener")):
+        port.register(handle, key)
+    port.close_handle(closed)
+    world = World(port, tcp, peer, udp, file, pipe_r, pipe_w, loose, closed, listener)
+    try:
+        yield world
+    finally:
+        for sock in (tcp, peer, udp, loose, listener):
+            sock.close()
+        file.close()
+        for fd in {pipe_r, pipe_w} - world.released:
+            os.close(fd)

@@ -14,7 +14,6 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +21,13 @@ import pytest
 
 import portio
 
-from .loopback import WAIT, assert_nothing_queued, complete, outcome_of, tcp_pair
-
-
-@dataclass
-class World:
-    """A port and one handle of each kind, for the bad calls to aim at."""
-
-    port: portio.CompletionPort
-    tcp: socket.socket  # registered, connected to ``peer``
-    peer: socket.socket
-    udp: socket.socket  # registered, bound
-    file: portio.File  # registered, opened w+b
-    pipe_r: int  # registered read end of a pipe: no offsets
-    pipe_w: int
-    loose: socket.socket  # never registered
-    closed: socket.socket  # registered, then closed by close_handle
+from .loopback import WAIT, World, assert_nothing_queued, complete, open_world, outcome_of
 
 
 @pytest.fixture
 def world(port: portio.CompletionPort, tmp_path: Path) -> Iterator[World]:
-    tcp, peer = tcp_pair()
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    file = portio.open_file(tmp_path / "f", "w+b")
-    pipe_r, pipe_w = os.pipe()
-    loose = socket.socket()
-    closed = socket.socket()
-    for handle, key in ((tcp, "tcp"), (udp, "udp"), (file, "file"), (pipe_r, "pipe"),
-                        (closed, "closed")):
-        port.register(handle, key)
-    port.close_handle(closed)
-    try:
-        yield World(port, tcp, peer, udp, file, pipe_r, pipe_w, loose, closed)
-    finally:
-        for sock in (tcp, peer, udp, loose):
-            sock.close()
-        file.close()
-        for fd in (pipe_r, pipe_w):
-            os.close(fd)
+    with open_world(port, tmp_path) as w:
+        yield w
 
 
 def still_works(w: World) -> None:
@@ -96,6 +63,25 @@ def bad(value: object) -> Any:
     return value
 
 
+BUG_ABSURD_FD = ("bug: register(1 << 40) raises OverflowError from socket.socket(fileno=) "
+                 "instead of ValueError")
+BUG_UNOPENED_FD = ("bug: register(n) for an int n that is no open descriptor succeeds (it is "
+                   "taken for an unseekable file) instead of raising ValueError; close_handle(n) "
+                   "then raises OSError EBADF")
+
+
+def unopened_fd() -> int:
+    """A descriptor number this process certainly has not open: the highest it may use."""
+    if sys.platform == "win32":
+        pytest.skip("descriptor limits are POSIX")
+    import resource
+
+    fd: int = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    return fd
+
+
 Call = Callable[[World], object]
 R = "readonly"
 
@@ -112,6 +98,9 @@ CASES = [
     case("register-float", lambda w: w.port.register(3.5), TypeError),
     case("register-bool", lambda w: w.port.register(True), TypeError),
     case("register-negative-fd", lambda w: w.port.register(-1), ValueError),
+    case("register-absurd-fd", lambda w: w.port.register(1 << 40), ValueError, BUG_ABSURD_FD),
+    case("register-unopened-fd", lambda w: w.port.register(unopened_fd()), ValueError,
+         BUG_UNOPENED_FD),
     case("register-twice", lambda w: w.port.register(w.tcp), ValueError),
     case("register-closed-socket", lambda w: w.port.register(w.closed), ValueError),
     # recv / recvfrom
