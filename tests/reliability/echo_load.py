@@ -136,7 +136,8 @@ class EchoClients:
         self.verified = 0
         self.all_finished = threading.Event()
         self.all_connected = threading.Event()
-        self.to_connect = [_ClientConnection(self, random.Random(seed + i)) for i in range(count)]
+        self.clients = [_ClientConnection(self, random.Random(seed + i)) for i in range(count)]
+        self.to_connect = list(self.clients)
         for _ in range(min(CONNECTS_IN_FLIGHT, count)):
             self.connect_next()
 
@@ -184,6 +185,11 @@ class _ClientConnection:
         self.verified = 0
         self.draining = False
 
+    def start(self) -> None:
+        with self.lock:
+            self.clients.port.recv(self.sock, 65536)
+            self.send_chunk()
+
     def send_chunk(self) -> None:
         self.outstanding = self.rng.randbytes(self.rng.randint(1, MAX_CHUNK))
         self.matched = 0
@@ -200,9 +206,7 @@ class _ClientConnection:
                 self.clients.connection_done(self.round_trips, self.verified)
                 return
             if completion.kind == "connect":
-                self.clients.connection_up()
-                port.recv(self.sock, 65536)
-                self.send_chunk()
+                self.clients.connection_up()  # the echo starts once every client is up
             elif completion.kind == "send":
                 if completion.nbytes != completion.data:
                     self.clients.fail(f"send completed {completion.nbytes} of "
@@ -239,12 +243,14 @@ def run_clients(backend: str, host: str, port_number: int, count: int, seconds: 
     worker_errors: list[str] = []
     with portio.open_port(backend) as port:
         workers = run_workers(port, stop, worker_errors)
-        # The deadline counts from when every client is up; until then it is far away.
+        # Connect everyone first, then echo on all connections at once until the deadline.
         clients = EchoClients(port, (host, port_number), count, time.monotonic() + 3600, seed)
         connected = clients.all_connected.wait(120)
         connect_seconds = time.monotonic() - started
         clients.deadline = time.monotonic() + seconds
-        finished = clients.all_finished.wait(seconds + 120)
+        for client in clients.clients if connected else []:
+            client.start()
+        finished = connected and clients.all_finished.wait(seconds + 120)
         stop.set()
         for worker in workers:
             worker.join(10)
