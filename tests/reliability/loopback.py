@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ def fd_count() -> int:
 
 def rss_bytes() -> int:
     """Resident set size of this process (Linux: /proc/self/statm)."""
+    if sys.platform == "win32":
+        raise OSError("no /proc on Windows")
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
