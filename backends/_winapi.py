@@ -29,7 +29,7 @@ typedef unsigned long ULONG;
 typedef long LONG;
 typedef int INT;
 typedef char CHAR;
-typedef unsigned short WCHAR;
+typedef wchar_t WCHAR;
 typedef uintptr_t ULONG_PTR;
 typedef void *PVOID;
 typedef void *HANDLE;
@@ -136,6 +136,10 @@ BOOL GetOverlappedResult(HANDLE hFile, LPOVERLAPPED lpOverlapped,
 BOOL CloseHandle(HANDLE hObject);
 DWORD GetLastError(void);
 
+/* ntdll: what GetOverlappedResult does to OVERLAPPED.Internal, without needing the handle
+   (which close_handle may already have closed when a cancelled operation's packet arrives) */
+ULONG RtlNtStatusToDosError(LONG Status);
+
 /* ws2_32 */
 typedef void *LPWSAOVERLAPPED_COMPLETION_ROUTINE;
 int WSARecv(SOCKET s, LPWSABUF lpBuffers, DWORD dwBufferCount, LPDWORD lpNumberOfBytesRecvd,
@@ -203,6 +207,12 @@ class Kernel32(Protocol):
                             lpNumberOfBytesTransferred: Any, bWait: int) -> int: ...
     def CloseHandle(self, hObject: Any) -> int: ...
     def GetLastError(self) -> int: ...
+
+
+class Ntdll(Protocol):
+    """The ntdll.dll function declared in :data:`CDEF`."""
+
+    def RtlNtStatusToDosError(self, Status: int) -> int: ...
 
 
 class Ws2_32(Protocol):
@@ -330,13 +340,27 @@ ffi = cffi.FFI()
 ffi.cdef(CDEF)
 
 
-def load() -> tuple[Kernel32, Ws2_32]:
-    """Load kernel32 and ws2_32 (Windows only; raises OSError elsewhere)."""
-    import socket  # noqa: F401  (initialises Winsock: WSAStartup runs when _socket loads)
+class Dlls:
+    """The loaded DLLs, typed."""
 
-    kernel32: Kernel32 = ffi.dlopen("kernel32.dll")
-    ws2_32: Ws2_32 = ffi.dlopen("ws2_32.dll")
-    return kernel32, ws2_32
+    def __init__(self) -> None:
+        import socket  # noqa: F401  (initialises Winsock: WSAStartup runs when _socket loads)
+
+        self.kernel32: Kernel32 = ffi.dlopen("kernel32.dll")
+        self.ws2_32: Ws2_32 = ffi.dlopen("ws2_32.dll")
+        self.ntdll: Ntdll = ffi.dlopen("ntdll.dll")
+
+
+def load() -> Dlls:
+    """Load kernel32, ws2_32 and ntdll (Windows only; raises OSError elsewhere)."""
+    return Dlls()
+
+
+def last_error() -> int:
+    """``GetLastError()`` as cffi saved it right after the most recent C call in this thread
+    (calling GetLastError through cffi could see a value the interpreter set in between)."""
+    code: int = ffi.getwinerror()[0]  # type: ignore[attr-defined]
+    return code
 
 
 # Win32 codes whose CPython errno mapping would lose the contract's exception type: each is

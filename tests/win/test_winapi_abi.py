@@ -92,8 +92,9 @@ def test_constants_match_headers(header_facts: list[list[str]]) -> None:
 def test_dlls_load_and_export_everything() -> None:
     from portio.backends import _winapi as w
 
-    kernel32, ws2_32 = w.load()
-    for lib, names in ((kernel32, w.Kernel32), (ws2_32, w.Ws2_32)):
+    dlls = w.load()
+    for lib, names in ((dlls.kernel32, w.Kernel32), (dlls.ws2_32, w.Ws2_32),
+                       (dlls.ntdll, w.Ntdll)):
         for name in vars(names):
             if not name.startswith("_"):
                 assert getattr(lib, name) is not None, name
