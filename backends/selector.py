@@ -1,0 +1,256 @@
+"""The selector backend: a completion port emulated on readiness, for any OS.
+
+The OS model
+------------
+``selectors`` (epoll on Linux, kqueue on the BSDs and macOS, select on Windows) reports
+*readiness*: "a recv would not block now".  A completion port reports *completions*: "your recv
+is done, here are the bytes".  The emulation turns one into the other the way Asio's reactor
+does: every operation first tries its non-blocking system call at once, speculatively (a send
+to a socket with buffer space, a recv with bytes already queued, completes without touching the
+selector); only an operation that would block registers interest, and when the selector says the
+handle is ready, the poller thread performs the call and produces the completion.
+
+What portio adds on top
+-----------------------
+Completions are queued FIFO with the per-handle key, whatever thread produced them; one thread
+at a time waits in ``select`` (the shared leader/followers code in ``portio._port``), the rest
+wait on their own condition; a socketpair is the wakeup channel that interrupts ``select`` for a
+post, a close, or a deadline earlier than the one it sleeps to.  Regular files are always
+"ready", so reads and writes at offsets are done at once with ``os.pread``/``os.pwrite``.
+
+Traps
+-----
+- Interest is level-triggered and kept only while an operation waits, so a handle with nothing
+  pending never wakes the poller (and a readable socket nobody reads cannot spin it).
+- A cancel here is exact: a waiting operation has not touched the socket, so cancelling it
+  loses nothing; the bytes stay in the kernel for the next receive.
+- ``select``/``poll`` (unlike epoll and kqueue) do not see interest changed while a thread is
+  inside them, so those changes wake the poller.
+- A short send is not a completion: the rest waits for writability, and only then completes.
+- A connect in progress finishes on writability; its outcome is ``SO_ERROR``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import sys
+import threading
+
+from portio._port import HandleEntry, Operation, PortBase
+from portio.errors import BackendUnavailable
+
+__all__ = ["SelectorPort"]
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+# Selectors that see interest changes made while another thread is inside select().
+_LIVE_SELECTORS = tuple(
+    getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector", "DevpollSelector")
+    if hasattr(selectors, name))
+_CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EAGAIN}
+if sys.platform == "win32":
+    _CONNECT_IN_PROGRESS.add(10035)  # WSAEWOULDBLOCK
+
+
+class SelectorPort(PortBase):
+    """A completion port over :class:`selectors.DefaultSelector`."""
+
+    backend = "selector"
+
+    @classmethod
+    def probe(cls) -> None:
+        try:
+            selectors.DefaultSelector().close()
+        except OSError as exc:
+            raise BackendUnavailable(f"the OS refused a selector: {exc}") from exc
+
+    def __init__(self, concurrency: int = 0) -> None:
+        super().__init__(concurrency)
+        self._selector = selectors.DefaultSelector()
+        self._live = isinstance(self._selector, _LIVE_SELECTORS)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._wake_pending = False
+        self._selector.register(self._wake_reader, _READ, None)
+        self._interest: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ handles
+    def _attach(self, entry: HandleEntry) -> None:
+        if entry.sock is not None:
+            entry.sock.setblocking(False)
+
+    def _detach(self, entry: HandleEntry) -> None:
+        if self._interest.pop(entry.fd, 0):
+            self._selector.unregister(entry.fd)
+
+    # ------------------------------------------------------------------ operations
+    def _start(self, op: Operation) -> None:
+        if op.kind in {"read", "write"}:
+            self._file_io(op)
+        elif not self._attempt(op):
+            self._update_interest(op.entry)
+
+    def _cancel(self, op: Operation) -> None:
+        # A waiting operation has not touched the socket: cancelling it is exact.
+        assert op.cancel_error is not None
+        self._finish(op, None, op.sent, op.cancel_error)
+        self._update_interest(op.entry)
+
+    def _attempt(self, op: Operation) -> bool:
+        """(lock held) Try ``op``'s non-blocking call; True if it finished."""
+        sock = op.entry.sock
+        assert sock is not None
+        try:
+            while True:
+                try:
+                    return self._call(op, sock)
+                except InterruptedError:
+                    continue
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            return self._finish(op, None, op.sent, exc)
+
+    def _call(self, op: Operation, sock: socket.socket) -> bool:
+        kind = op.kind
+        buffer = op.buffer
+        if kind == "recv":
+            assert buffer is not None
+            n = sock.recv_into(buffer)
+            return self._finish(op, op.recv_result(n), n)
+        if kind == "send":
+            assert buffer is not None
+            while op.sent < len(buffer):
+                n = sock.send(buffer[op.sent:])
+                op.sent += n
+            return self._finish(op, op.sent, op.sent)
+        if kind == "accept":
+            conn, address = sock.accept()
+            return self._finish(op, (conn, address), 0)
+        if kind == "recvfrom":
+            assert buffer is not None
+            n, address = sock.recvfrom_into(buffer)
+            return self._finish(op, (op.recv_result(n), address), n)
+        if kind == "sendto":
+            assert buffer is not None
+            n = sock.sendto(buffer, op.address)
+            return self._finish(op, n, n)
+        # connect: the first call starts it, later ones read its outcome
+        if op.native is None:
+            op.native = "connecting"
+            code = sock.connect_ex(op.address)
+        else:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code in _CONNECT_IN_PROGRESS:
+            return False
+        if code:
+            return self._finish(op, None, 0, OSError(code, os.strerror(code)))
+        return self._finish(op, None, 0)
+
+    def _file_io(self, op: Operation) -> None:
+        # Regular files are always "ready" to a selector, so the call is made now.
+        buffer = op.buffer
+        assert buffer is not None
+        try:
+            if op.kind == "read":
+                n = _pread_into(op.entry.fd, buffer, op.offset)
+                self._finish(op, op.recv_result(n), n)
+            else:
+                while op.sent < len(buffer):
+                    op.sent += _pwrite(op.entry.fd, buffer[op.sent:], op.offset + op.sent)
+                self._finish(op, op.sent, op.sent)
+        except OSError as exc:
+            self._finish(op, None, op.sent, exc)
+
+    def _update_interest(self, entry: HandleEntry) -> None:
+        """(lock held) Watch exactly the directions whose head operation is waiting."""
+        if entry.closed:
+            return
+        mask = 0
+        if entry.inbound and not entry.inbound[0].done:
+            mask |= _READ
+        if entry.outbound and not entry.outbound[0].done:
+            mask |= _WRITE
+        old = self._interest.get(entry.fd, 0)
+        if mask == old:
+            return
+        if not mask:
+            del self._interest[entry.fd]
+            self._selector.unregister(entry.fd)
+        elif not old:
+            self._interest[entry.fd] = mask
+            self._selector.register(entry.fd, mask, entry)
+        else:
+            self._interest[entry.fd] = mask
+            self._selector.modify(entry.fd, mask, entry)
+        if not self._live and self._polling and self._poller_ident != threading.get_ident():
+            self._wakeup()  # select()/poll() would not see the change until they return
+
+    # ------------------------------------------------------------------ waiting
+    def _poll(self, timeout: float | None) -> None:
+        try:
+            events = self._selector.select(timeout)
+        except OSError:
+            if self._closed:
+                return
+            raise
+        with self._lock:
+            for key, mask in events:
+                entry = key.data
+                if entry is None:
+                    self._drain_wakeups()
+                    continue
+                if entry.closed:
+                    continue  # close_handle ran since select returned
+                if mask & _READ and entry.inbound:
+                    self._attempt(entry.inbound[0])
+                if mask & _WRITE and entry.outbound:
+                    self._attempt(entry.outbound[0])
+                self._update_interest(entry)
+
+    def _drain_wakeups(self) -> None:
+        self._wake_pending = False
+        try:
+            while self._wake_reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _wakeup(self) -> None:
+        if self._wake_pending:
+            return  # one byte in the pipe wakes the poller; more would only fill it
+        self._wake_pending = True
+        try:
+            self._wake_writer.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full: a wakeup is already pending
+        except OSError:
+            if not self._closed:
+                raise
+
+    def _shutdown(self) -> None:
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+        self._interest.clear()
+
+
+def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buffer], offset)
+    # Windows has no pread: seek+read under the port lock, which serialises this port's use.
+    os.lseek(fd, offset, os.SEEK_SET)
+    data = os.read(fd, len(buffer))
+    buffer[: len(data)] = data
+    return len(data)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.write(fd, data)
