@@ -86,6 +86,10 @@ _ABANDONED: list[Any] = []
 #: AcceptEx address slots: the largest sockaddr plus the 16 bytes AcceptEx requires.
 _ACCEPT_ADDRLEN = 128 + 16
 _STATUS_SUCCESS = 0
+#: OVERLAPPED.Internal while the I/O is in flight (the kernel sets it when the call is issued).
+_STATUS_PENDING = 0x103
+#: Longest _cancel waits for the kernel to write a cancelled operation's final status.
+_CANCEL_WAIT = 0.5
 _SOCKET_ERROR = -1
 
 _dlls = w.load()
@@ -428,10 +432,19 @@ class IocpPort(PortBase):
         if n is None or _ov_key(n.ov) not in self._inflight:
             self._finish(op, None, 0, op.cancel_error)
             return
-        # Either CancelIoEx works and the packet comes with ERROR_OPERATION_ABORTED, or the
-        # operation already finished (ERROR_NOT_FOUND) and its packet brings the real result;
-        # both are handled when the packet is dequeued.
+        # CancelIoEx either aborts the I/O (final status STATUS_CANCELLED) or finds it already
+        # finished (ERROR_NOT_FOUND; the real result stands). Either way the kernel writes the
+        # final status into OVERLAPPED.Internal at once, long before the packet is dequeued, so
+        # the completion is produced here: operations cancelled together (close_handle) then
+        # complete in the order they were started, as their packets would. The OVERLAPPED and
+        # buffer stay in _inflight until the packet itself is dequeued.
         _k32.CancelIoEx(_handle(op.entry.fd), n.ov)
+        deadline = time.monotonic() + _CANCEL_WAIT
+        while n.ov.Internal == _STATUS_PENDING and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if n.ov.Internal != _STATUS_PENDING:
+            self._complete(op, int(n.ov.Internal), int(n.ov.InternalHigh))
+        # else: still in the kernel; the packet will bring the outcome
 
     def _poll(self, timeout: float | None) -> None:
         if timeout is None:
@@ -448,7 +461,7 @@ class IocpPort(PortBase):
                 if entry.lpCompletionKey != _IO_KEY:
                     continue  # a wakeup
                 op = self._inflight.pop(_ov_key(entry.lpOverlapped), None)
-                if op is not None:
+                if op is not None and not op._done:  # done: completed by _cancel already
                     self._complete(op, int(entry.lpOverlapped.Internal),
                                    int(entry.dwNumberOfBytesTransferred))
 

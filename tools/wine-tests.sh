@@ -2,15 +2,17 @@
 # tools/wine-tests.sh [PYTEST ARGS...]
 #
 # Runs portio's test suite under a genuine Windows CPython 3.13 (Wine) with PORTIO_BACKEND=iocp,
-# so the iocp backend is exercised for real on Linux.  Default arguments: tests/contract
-# tests/win.  Exits with pytest's status; always stops the wineserver at the end.
+# so the iocp backend is exercised for real on Linux.  Default argument: tests
+# (contract, property and Windows-only tests).  Exits with pytest's status; always stops the wineserver at the end.
 #
 # How portio gets onto the Windows path: the checkout cannot simply be put on PYTHONPATH,
 # because setuptools maps the import name portio.backends to the folder backends/ only when it
 # installs.  So the host pip builds a wheel of the checkout (pure Python: the iocp backend is
-# cffi ABI mode) and unpacks it into a fresh TARGET/portio-site, which goes on PYTHONPATH; and
-# python.exe runs with -P so the checkout's own portio/ (the current directory) is not imported
-# in its place.  The suite therefore tests exactly what a Windows user installs.
+# cffi ABI mode) and unpacks it into a fresh TARGET/portio-site, which goes on PYTHONPATH.
+# pytest runs from TARGET/run, which holds only symlinks to the checkout's tests/ and
+# pyproject.toml: the tests still import each other as tests.contract.support (the current
+# directory is on sys.path), but the checkout's portio/ is not there to shadow the wheel.
+# The suite therefore tests exactly what a Windows user installs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,14 +37,18 @@ HOSTPY=python3
 say "build tests/win/abi_check.c with mingw-w64"
 x86_64-w64-mingw32-gcc -O1 -Wall -Werror -o "$TARGET/abi_check.exe" "$ROOT/tests/win/abi_check.c" -lws2_32
 
-[ $# -gt 0 ] || set -- tests/contract tests/win
+rm -rf "$TARGET/run" && mkdir -p "$TARGET/run"
+ln -s "${PORTIO_TESTS_DIR:-$ROOT/tests}" "$TARGET/run/tests"
+ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
+
+[ $# -gt 0 ] || set -- tests
 say "pytest $* (PORTIO_BACKEND=iocp, Windows CPython under Wine)"
-cd "$ROOT"
+cd "$TARGET/run"
 set +e
 PORTIO_BACKEND=iocp \
 PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
 WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
-    timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -P -m pytest -p no:cacheprovider -rs "$@"
+    timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs "$@"
 status=$?
 set -e
 say "pytest exit status $status"
