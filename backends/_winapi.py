@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import cffi
+
+if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip the rest
+    raise ImportError("portio.backends._winapi needs Windows")
 
 CDEF = r"""
 typedef int BOOL;
@@ -346,9 +349,9 @@ class Dlls:
     def __init__(self) -> None:
         import socket  # noqa: F401  (initialises Winsock: WSAStartup runs when _socket loads)
 
-        self.kernel32: Kernel32 = ffi.dlopen("kernel32.dll")
-        self.ws2_32: Ws2_32 = ffi.dlopen("ws2_32.dll")
-        self.ntdll: Ntdll = ffi.dlopen("ntdll.dll")
+        self.kernel32 = cast(Kernel32, ffi.dlopen("kernel32.dll"))
+        self.ws2_32 = cast(Ws2_32, ffi.dlopen("ws2_32.dll"))
+        self.ntdll = cast(Ntdll, ffi.dlopen("ntdll.dll"))
 
 
 def load() -> Dlls:
@@ -359,13 +362,14 @@ def load() -> Dlls:
 def last_error() -> int:
     """``GetLastError()`` as cffi saved it right after the most recent C call in this thread
     (calling GetLastError through cffi could see a value the interpreter set in between)."""
-    code: int = ffi.getwinerror()[0]  # type: ignore[attr-defined]
-    return code
+    saved = ffi.getwinerror()
+    assert saved is not None  # only None off Windows
+    return saved[0]
 
 
 # Win32 codes whose CPython errno mapping would lose the contract's exception type: each is
 # reported as the Winsock code of the same meaning, so OSError picks the right subclass.
-_AS_WINSOCK = {
+_AS_WINSOCK: dict[int, int] = {
     Error.ERROR_NETNAME_DELETED: Error.WSAECONNRESET,
     Error.ERROR_PORT_UNREACHABLE: Error.WSAECONNRESET,
     Error.ERROR_CONNECTION_REFUSED: Error.WSAECONNREFUSED,
@@ -392,5 +396,5 @@ def winerror_to_oserror(winerror: int) -> OSError:
     failures are first translated to their Winsock twins so the subclass is the contract's one.
     Callers check :data:`ABORTED` themselves (cancellation becomes the operation's own error).
     """
-    code = _AS_WINSOCK.get(winerror, winerror)   # type: ignore[call-overload]
-    return OSError(None, error_message(winerror), None, int(code))
+    code = _AS_WINSOCK.get(winerror, winerror)
+    return OSError(None, error_message(winerror), None, code)

@@ -9,6 +9,10 @@ when ``sys.platform == "win32"``).
 from __future__ import annotations
 
 import os
+import sys
+
+if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip the rest
+    raise ImportError("portio.backends._winfile needs Windows")
 
 from portio.backends import _winapi as w
 
@@ -56,4 +60,4 @@ def open_overlapped(path: str, flags: int) -> int:
 def close(handle: int) -> None:
     """Close a HANDLE returned by :func:`open_overlapped`."""
     if not _kernel32.CloseHandle(w.ffi.cast("HANDLE", handle)):
-        raise w.winerror_to_oserror(w.ffi.getwinerror()[0])  # type: ignore[attr-defined]
+        raise w.winerror_to_oserror(w.last_error())

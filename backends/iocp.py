@@ -68,7 +68,7 @@ from portio.errors import BackendUnavailable, OperationCancelled
 if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip the rest
     raise ImportError("portio.backends.iocp needs Windows")
 
-from portio.backends import _winapi as w  # noqa: E402
+from portio.backends import _winapi as w
 
 __all__ = ["IocpPort"]
 
@@ -94,7 +94,8 @@ _SOCKET_ERROR = -1
 
 _dlls = w.load()
 _k32, _ws2, _ntdll = _dlls.kernel32, _dlls.ws2_32, _dlls.ntdll
-ffi = w.ffi
+#: Typed Any on purpose: cdata fields (OVERLAPPED.Internal, ...) are only known to the cdef.
+ffi: Any = w.ffi
 
 
 def _handle(fd: int) -> Any:
@@ -132,7 +133,8 @@ def _address(sa: Any) -> Any:
     family = sa.sa_family
     if family == socket.AF_INET:
         sin = ffi.cast("struct sockaddr_in *", sa)
-        host = socket.inet_ntop(socket.AF_INET, bytes(ffi.buffer(ffi.addressof(sin, "sin_addr"), 4)))
+        raw = bytes(ffi.buffer(ffi.addressof(sin, "sin_addr"), 4))
+        host = socket.inet_ntop(socket.AF_INET, raw)
         return host, socket.ntohs(sin.sin_port)
     if family == socket.AF_INET6:
         sin6 = ffi.cast("struct sockaddr_in6 *", sa)
@@ -182,7 +184,7 @@ class IocpPort(PortBase):
         self._inflight: dict[int, Operation] = {}
         self._entries_buf = ffi.new("OVERLAPPED_ENTRY[]", _BATCH)  # only the poller uses it
         self._removed = ffi.new("ULONG *")
-        self._extensions: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._extensions: dict[tuple[int, int], tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------------ handles
     def _attach(self, entry: HandleEntry) -> None:
@@ -321,18 +323,17 @@ class IocpPort(PortBase):
         n.wsabuf.len = len(view)
         n.wsabuf.buf = n.bufref
 
-    def _extension(self, sock: socket.socket) -> tuple[Any, Any, Any]:
+    def _extension(self, sock: socket.socket) -> tuple[Any, ...]:
         """AcceptEx, ConnectEx and GetAcceptExSockaddrs for ``sock``'s provider (cached)."""
         cache_key = (int(sock.family), int(sock.type))
         found = self._extensions.get(cache_key)
         if found is None:
-            found = tuple(  # type: ignore[assignment]
+            found = tuple(
                 self._extension_pointer(sock, guid, ctype) for guid, ctype in (
                     (w.WSAID_ACCEPTEX, "LPFN_ACCEPTEX"),
                     (w.WSAID_CONNECTEX, "LPFN_CONNECTEX"),
                     (w.WSAID_GETACCEPTEXSOCKADDRS, "LPFN_GETACCEPTEXSOCKADDRS")))
-            self._extensions[cache_key] = found  # type: ignore[assignment]
-        assert found is not None
+            self._extensions[cache_key] = found
         return found
 
     @staticmethod
@@ -447,10 +448,8 @@ class IocpPort(PortBase):
         # else: still in the kernel; the packet will bring the outcome
 
     def _poll(self, timeout: float | None) -> None:
-        if timeout is None:
-            ms = w.INFINITE
-        else:
-            ms = min(math.ceil(timeout * 1000), w.INFINITE - 1)
+        # INFINITE is a reserved value: a finite timeout must stay below it
+        ms = w.INFINITE if timeout is None else min(math.ceil(timeout * 1000), w.INFINITE - 1)
         entries, removed = self._entries_buf, self._removed
         ok = _k32.GetQueuedCompletionStatusEx(self._port, entries, _BATCH, removed, ms, 0)
         if not ok:
@@ -481,9 +480,10 @@ class IocpPort(PortBase):
             if _k32.GetQueuedCompletionStatusEx(self._port, entries, _BATCH, removed, 50, 0):
                 for i in range(removed[0]):
                     entry = entries[i]
-                    op = pending.pop(_ov_key(entry.lpOverlapped), None)
-                    if op is not None and op.native.accept_sock is not None:
-                        op.native.accept_sock.close()
+                    key = _ov_key(entry.lpOverlapped)
+                    if key in pending and pending[key].native.accept_sock is not None:
+                        pending[key].native.accept_sock.close()
+                    pending.pop(key, None)
         if pending:
             _ABANDONED.extend(op.native for op in pending.values())
         with self._lock:
