@@ -137,7 +137,12 @@ if [ ! -f "$TARGET/prefix/.booted" ]; then
 fi
 
 # ---------------------------------------------------------------- 6. smoke check
-set +e; "$TARGET/bin/winpy" -c "import sys, cffi; raise SystemExit(7 if sys.platform == 'win32' else 1)"; rc=$?; set -e
+# (retried: a wineserver that a previous run is still stopping can make the first start fail)
+for try in 1 2 3; do
+    set +e; "$TARGET/bin/winpy" -c "import sys, cffi; raise SystemExit(7 if sys.platform == 'win32' else 1)"; rc=$?; set -e
+    [ $rc = 7 ] && break
+    sleep 1
+done
 [ $rc = 7 ] || { echo "wine-python: smoke check failed (status $rc)" >&2; exit 1; }
 say "ready: $TARGET/bin/winpy"
 echo "$TARGET/bin/winpy"
