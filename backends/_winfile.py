@@ -14,7 +14,7 @@ import sys
 if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip the rest
     raise ImportError("portio.backends._winfile needs Windows")
 
-from portio.backends import _winapi as w
+from . import _winapi as w
 
 __all__ = ["close", "open_overlapped"]
 

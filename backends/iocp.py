@@ -68,7 +68,7 @@ from portio.errors import BackendUnavailable, OperationCancelled
 if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip the rest
     raise ImportError("portio.backends.iocp needs Windows")
 
-from portio.backends import _winapi as w
+from . import _winapi as w
 
 __all__ = ["IocpPort"]
 

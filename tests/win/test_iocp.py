@@ -17,9 +17,10 @@ import pytest
 if sys.platform != "win32":  # a module-level skip; mypy skips the rest off Windows too
     pytest.skip("Windows only: exercises the real I/O completion port", allow_module_level=True)
 
-import portio
 from portio.backends import _winapi as w
 from portio.backends.iocp import IocpPort
+
+import portio
 
 WAIT = 10.0
 
@@ -31,8 +32,11 @@ def under_wine() -> bool:
 
 @pytest.fixture
 def port() -> Iterator[IocpPort]:
-    with IocpPort() as p:
+    p = IocpPort()
+    try:
         yield p
+    finally:
+        p.close()
 
 
 @pytest.fixture
@@ -55,7 +59,8 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     (10058, BrokenPipeError),         # WSAESHUTDOWN
     (2, FileNotFoundError),
 ])
-def test_windows_errors_become_the_contract_types(winerror: int, exc_type: type) -> None:
+def test_windows_errors_become_the_contract_types(winerror: int,
+                                                 exc_type: type[OSError]) -> None:
     exc = w.winerror_to_oserror(winerror)
     assert isinstance(exc, exc_type)
     assert exc.winerror is not None
@@ -72,7 +77,7 @@ def test_iocp_is_the_best_backend_here() -> None:
 
 def test_buffer_stays_alive_until_the_packet_is_dequeued(
         port: IocpPort, pair: tuple[socket.socket, socket.socket]) -> None:
-    a, b = pair
+    a, _ = pair
     port.register(a)
     op = port.recv(a, 100)
     op.cancel()
