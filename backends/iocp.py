@@ -181,6 +181,7 @@ class IocpPort(PortBase):
         if port == ffi.NULL:
             raise w.winerror_to_oserror(w.last_error())
         self._port = port
+        self._port_open = True
         self._inflight: dict[int, Operation] = {}
         self._entries_buf = ffi.new("OVERLAPPED_ENTRY[]", _BATCH)  # only the poller uses it
         self._removed = ffi.new("ULONG *")
@@ -465,7 +466,9 @@ class IocpPort(PortBase):
                                    int(entry.dwNumberOfBytesTransferred))
 
     def _wakeup(self) -> None:
-        _k32.PostQueuedCompletionStatus(self._port, 0, _WAKEUP_KEY, ffi.NULL)
+        # Never post to a closed port handle: Windows may already have reused its value.
+        if self._port_open:
+            _k32.PostQueuedCompletionStatus(self._port, 0, _WAKEUP_KEY, ffi.NULL)
 
     def _shutdown(self) -> None:
         with self._lock:
@@ -490,4 +493,5 @@ class IocpPort(PortBase):
             self._inflight.clear()
         # Windows wakes threads still blocked on the port with ERROR_ABANDONED_WAIT_0; Wine
         # does not, but PortBase.close() has already made the poller leave before this point.
+        self._port_open = False
         _k32.CloseHandle(self._port)

@@ -37,6 +37,7 @@ HOSTPY=python3
 say "build tests/win/abi_check.c with mingw-w64"
 x86_64-w64-mingw32-gcc -O1 -Wall -Werror -o "$TARGET/abi_check.exe" "$ROOT/tests/win/abi_check.c" -lws2_32
 
+# PORTIO_TESTS_DIR: run another tests/ tree (e.g. a colleague's uncommitted one) instead
 rm -rf "$TARGET/run" && mkdir -p "$TARGET/run"
 ln -s "${PORTIO_TESTS_DIR:-$ROOT/tests}" "$TARGET/run/tests"
 ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
