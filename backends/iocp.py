@@ -367,10 +367,14 @@ class IocpPort(PortBase):
             elif kind in ("send", "write"):
                 op.sent += nbytes
                 assert op.buffer is not None
-                if op.sent < len(op.buffer) and nbytes > 0 and op.cancel_error is None:
-                    self._start(op)  # short send: submit the rest under the same Operation
-                else:
+                if op.sent >= len(op.buffer):
                     self._finish(op, op.sent, op.sent)
+                elif op.cancel_error is not None or nbytes == 0:
+                    # cancelled (or stalled) part-way: the error, with the prefix in nbytes
+                    self._finish(op, None, op.sent,
+                                 op.cancel_error or w.winerror_to_oserror(w.Error.WSAECONNRESET))
+                else:
+                    self._start(op)  # short send: submit the rest under the same Operation
             elif kind == "recvfrom":
                 address = _address(ffi.cast("struct sockaddr *", n.addr))
                 self._finish(op, (op.recv_result(nbytes), address), nbytes)
