@@ -364,7 +364,7 @@ def last_error() -> int:
     (calling GetLastError through cffi could see a value the interpreter set in between)."""
     saved = ffi.getwinerror()
     assert saved is not None  # only None off Windows
-    return saved[0]
+    return int(saved[0])
 
 
 # Win32 codes whose CPython errno mapping would lose the contract's exception type: each is

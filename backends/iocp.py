@@ -88,8 +88,6 @@ _ACCEPT_ADDRLEN = 128 + 16
 _STATUS_SUCCESS = 0
 #: OVERLAPPED.Internal while the I/O is in flight (the kernel sets it when the call is issued).
 _STATUS_PENDING = 0x103
-#: Longest _cancel waits for the kernel to write a cancelled operation's final status.
-_CANCEL_WAIT = 0.5
 _SOCKET_ERROR = -1
 
 _dlls = w.load()
@@ -439,18 +437,14 @@ class IocpPort(PortBase):
             self._finish(op, None, 0, op.cancel_error)
             return
         # CancelIoEx either aborts the I/O (final status STATUS_CANCELLED) or finds it already
-        # finished (ERROR_NOT_FOUND; the real result stands). Either way the kernel writes the
-        # final status into OVERLAPPED.Internal at once, long before the packet is dequeued, so
-        # the completion is produced here: operations cancelled together (close_handle) then
-        # complete in the order they were started, as their packets would. The OVERLAPPED and
-        # buffer stay in _inflight until the packet itself is dequeued.
+        # finished (ERROR_NOT_FOUND; the real result stands).  The packet brings the outcome;
+        # if the kernel has already written the final status into OVERLAPPED.Internal, the
+        # completion is produced now instead.  Either way the OVERLAPPED and buffer stay in
+        # _inflight until the packet itself is dequeued.  (Operations queued behind this one
+        # by PortBase complete after it, in order, whichever way it ends.)
         _k32.CancelIoEx(_handle(op.entry.fd), n.ov)
-        deadline = time.monotonic() + _CANCEL_WAIT
-        while n.ov.Internal == _STATUS_PENDING and time.monotonic() < deadline:
-            time.sleep(0.0005)
         if n.ov.Internal != _STATUS_PENDING:
             self._complete(op, int(n.ov.Internal), int(n.ov.InternalHigh))
-        # else: still in the kernel; the packet will bring the outcome
 
     def _poll(self, timeout: float | None) -> None:
         # INFINITE is a reserved value: a finite timeout must stay below it

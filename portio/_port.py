@@ -681,10 +681,15 @@ class PortBase(CompletionPort):
         self._starting = True
         try:
             while True:
-                if queue and not queue[0]._started and not queue[0].entry.closed:
+                if queue and not queue[0]._started:
                     head = queue[0]
                     head._started = True
-                    self._start_safely(head)
+                    if head.entry.closed:
+                        # close_handle: cancelled in the order they were started, after the
+                        # head the OS was still working on, never started themselves.
+                        self._finish(head, None, 0, head.cancel_error)
+                    else:
+                        self._start_safely(head)
                     continue
                 if not self._start_later:
                     break
@@ -902,9 +907,15 @@ class PortBase(CompletionPort):
 
     def _forget(self, entry: HandleEntry) -> None:
         """(lock held) Cancel every operation of ``entry`` and unregister it."""
-        entry.closed = True  # no queued operation starts once its predecessor is cancelled
-        for op in list(entry.pending):
-            if not op._done:
+        # Started operations are cancelled in the OS; the ones queued behind them complete,
+        # in order, as each predecessor does (see _start_head), never overtaking it.
+        entry.closed = True
+        pending = list(entry.pending)
+        for op in pending:
+            if not op._started:
+                op.cancel_error = OperationCancelled("handle closed by close_handle()")
+        for op in pending:
+            if op._started and not op._done:
                 self._cancel_locked(op, OperationCancelled("handle closed by close_handle()"))
         self._detach(entry)
         del self._entries[entry.fd]
