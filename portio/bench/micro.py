@@ -119,12 +119,13 @@ def run_micro(backends: list[str], seconds: float, file_mib: int = 32,
             while warm.read(1 << 20):
                 pass
         for backend in backends:
-            for name, unit, run in (
+            benches: tuple[tuple[str, str, Callable[[portio.CompletionPort], float]], ...] = (
                 ("post_get", "round trips/s", lambda p: _post_get(p, seconds)),
                 ("get_many", "completions/s", lambda p: _get_many(p, seconds)),
                 ("file_read", "4 KiB reads/s", lambda p: _port_reads(p, tmp.name, blocks,
                                                                      seconds)),
-            ):
+            )
+            for name, unit, run in benches:
                 if progress is not None:
                     progress(f"micro {backend} {name}")
                 with portio.open_port(backend) as port:

@@ -47,11 +47,11 @@ def serve_asyncio(host: str, port: int, use_uvloop: bool) -> None:
     import asyncio
 
     class EchoProtocol(asyncio.Protocol):
-        transport: asyncio.Transport
+        transport: Any  # asyncio.Transport, or uvloop's, which is not a subclass of it
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-            transport.set_write_buffer_limits(high=_HIGH_WATER)
+            self.transport = transport
+            self.transport.set_write_buffer_limits(high=_HIGH_WATER)
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -72,8 +72,9 @@ def echo_table(summary: Sequence[dict[str, Any]], vs_asyncio: Sequence[dict[str,
             widths = [max(len(r[i]) for r in [titles, *body]) for i in range(len(titles))]
             out.append(f"== {config} ==")
             for cells in [titles, *body]:
-                out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                     for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+                padded = (c.ljust(w) if i == 0 else c.rjust(w)
+                          for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+                out.append("  ".join(padded).rstrip())
         out.append("")
     return "\n".join(out)
 
@@ -87,7 +88,7 @@ def micro_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
     widths = [max(len(r[i]) for r in [titles, *body]) for i in range(4)]
     return "\n".join("  ".join(c.rjust(w) if i == 2 else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                               for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
                      for cells in [titles, *body]) + "\n"
 
 
@@ -143,7 +144,7 @@ def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
                 hi.append(spread["max"] * scale - m if spread else 0.0)
             ax.barh(ys, med, xerr=[lo, hi], color=[_colour(s) for s in servers],
                     error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})
-            for y, m in zip(ys, med):
+            for y, m in zip(ys, med, strict=True):
                 ax.text(m, y, f" {m:,.0f}" if m >= 10 else f" {m:.1f}", va="center", fontsize=7)
             ax.set_yticks(ys)
             ax.set_yticklabels(servers if col == 0 else [""] * len(servers), fontsize=8)
@@ -151,7 +152,7 @@ def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
             ax.set_xlabel(unit, fontsize=8)
             ax.tick_params(axis="x", labelsize=7)
             ax.grid(axis="x", alpha=0.3)
-            ax.set_xlim(0, max([m + h for m, h in zip(med, hi)] + [1]) * 1.25)
+            ax.set_xlim(0, max([m + h for m, h in zip(med, hi, strict=True)] + [1]) * 1.25)
             if row_i == 0:
                 ax.set_title(config, fontsize=10, fontweight="bold")
             if col == 0:

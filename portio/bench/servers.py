@@ -59,15 +59,16 @@ def available_servers(backends: Sequence[str], threads: int) -> tuple[list[Serve
     for backend in backends:
         for model, count in (("port", 1), ("port", threads), ("routine", 1)):
             name = f"{backend}/{model}" + (f"x{count}" if model == "port" else "")
-            argv = (sys.executable, "-m", "portio.echo", "serve", "--host", "127.0.0.1",
-                    "--port", "0", "--backend", backend, "--model", model)
+            argv: tuple[str, ...] = (
+                sys.executable, "-m", "portio.echo", "serve", "--host", "127.0.0.1",
+                "--port", "0", "--backend", backend, "--model", model)
             if model == "port":
                 argv += ("--threads", str(count))
             specs.append(ServerSpec(name, argv, "portio", backend, model, count))
     for kind in PEERS:
         if _peer_available(kind):
-            argv = (sys.executable, "-m", "portio.bench.peers", kind)
-            specs.append(ServerSpec(kind, argv, "peer"))
+            specs.append(ServerSpec(kind, (sys.executable, "-m", "portio.bench.peers", kind),
+                                    "peer"))
         else:
             notes.append(f"{kind} is not installed (pip install 'portio[bench]'): not measured")
     return specs, notes
@@ -79,7 +80,8 @@ class ServerProcess:
     def __init__(self, spec: ServerSpec, cpus: set[int] | None = None,
                  ready_timeout: float = 30.0) -> None:
         self.spec = spec
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
+        self._stderr_text = ""
 
         def pin() -> None:  # in the child, before exec: every thread it starts inherits it
             if cpus:
@@ -137,8 +139,10 @@ class ServerProcess:
 
     def stderr_tail(self, limit: int = 2000) -> str:
         """The last ``limit`` characters the server wrote to stderr."""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-limit:]
+        if not self._stderr.closed:
+            self._stderr.seek(0)
+            self._stderr_text = self._stderr.read().decode(errors="replace")
+        return self._stderr_text[-limit:]
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
@@ -151,5 +155,6 @@ class ServerProcess:
                 self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
+        self.stderr_tail()  # kept for messages after the file is gone
         self._stderr.close()
         return self.process.returncode

@@ -24,7 +24,7 @@ __all__ = ["CONFIGS", "EchoConfig", "Measurement", "pin_plan", "ratios", "run_ec
 
 @dataclasses.dataclass(frozen=True)
 class EchoConfig:
-    """``connections`` × ``size``-byte messages, ``window`` in flight per connection."""
+    """``connections`` x ``size``-byte messages, ``window`` in flight per connection."""
 
     name: str
     connections: int
