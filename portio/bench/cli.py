@@ -27,8 +27,8 @@ class Settings:
     """What one run measures and how long."""
 
     reps: int = 5
-    warmup: float = 0.5
-    duration: float = 2.0
+    warmup: float = 0.3
+    duration: float = 1.5
     micro_seconds: float = 1.0
     configs: tuple[str, ...] = tuple(c.name for c in suite.CONFIGS)
     servers: tuple[str, ...] = ()          # names to keep; empty: all
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="3 repetitions of 0.3 s (under two minutes on 2 cores)")
     parser.add_argument("--reps", type=int, help="repetitions (interleaved); full mode: 5")
-    parser.add_argument("--duration", type=float, help="measured seconds per run; full: 2")
-    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each; full: 0.5")
+    parser.add_argument("--duration", type=float, help="measured seconds per run; full: 1.5")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each; full: 0.3")
     parser.add_argument("--configs", nargs="+", choices=[c.name for c in suite.CONFIGS])
     parser.add_argument("--servers", nargs="+", metavar="NAME",
                         help="only these servers, e.g. asyncio selector/portx1")

@@ -125,14 +125,13 @@ def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
 
     configs = list(dict.fromkeys(row["config"] for row in summary))
     servers = list(dict.fromkeys(row["server"] for row in summary))
-    metrics = (("msgs_per_s", "messages/s (higher is better)", 1e-3, "k msgs/s"),
-               ("server_cpu_us_per_msg", "server CPU per message (lower is better)", 1.0,
-                "us CPU / msg"))
+    metrics = (("msgs_per_s", 1e-3, "k messages/s (higher is better)"),
+               ("server_cpu_us_per_msg", 1.0, "server CPU us per message (lower is better)"))
     fig, axes = plt.subplots(len(metrics), len(configs), squeeze=False,
                              figsize=(4.2 * len(configs), 0.42 * len(servers) * 2 + 2.2))
     for col, config in enumerate(configs):
         by_server = {row["server"]: row for row in summary if row["config"] == config}
-        for row_i, (metric, label, scale, unit) in enumerate(metrics):
+        for row_i, (metric, scale, unit) in enumerate(metrics):
             ax = axes[row_i][col]
             ys = list(range(len(servers)))
             med, lo, hi = [], [], []
@@ -144,8 +143,8 @@ def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
                 hi.append(spread["max"] * scale - m if spread else 0.0)
             ax.barh(ys, med, xerr=[lo, hi], color=[_colour(s) for s in servers],
                     error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})
-            for y, m in zip(ys, med, strict=True):
-                ax.text(m, y, f" {m:,.0f}" if m >= 10 else f" {m:.1f}", va="center", fontsize=7)
+            for y, m, h in zip(ys, med, hi, strict=True):
+                ax.text(m + h, y, f" {m:,.0f}" if m >= 10 else f" {m:.1f}", va="center", fontsize=7)
             ax.set_yticks(ys)
             ax.set_yticklabels(servers if col == 0 else [""] * len(servers), fontsize=8)
             ax.invert_yaxis()
@@ -155,10 +154,6 @@ def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
             ax.set_xlim(0, max([m + h for m, h in zip(med, hi, strict=True)] + [1]) * 1.25)
             if row_i == 0:
                 ax.set_title(config, fontsize=10, fontweight="bold")
-            if col == 0:
-                ax.annotate(label, xy=(0, 1.0), xycoords="axes fraction", xytext=(0, 3),
-                            textcoords="offset points", fontsize=8, style="italic",
-                            ha="left", va="bottom")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
