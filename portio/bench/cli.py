@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import portio
 from portio.bench import micro, report, suite
-from portio.bench.servers import available_servers
+from portio.bench.servers import allowed_cpus, available_servers
 
 __all__ = ["Settings", "main", "run_benchmark"]
 
@@ -87,8 +87,7 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": sys.version.split()[0],
             "implementation": platform.python_implementation(), "cpu": cpu,
             "cpus": os.cpu_count(),
-            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else None, "portio": portio.__version__}
+            "affinity": sorted(allowed_cpus() or ()), "portio": portio.__version__}
 
 
 def run_benchmark(settings: Settings, progress: ProgressLine | None = None) -> dict[str, Any]:

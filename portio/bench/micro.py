@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 import time
 from collections import deque
@@ -85,6 +86,8 @@ def _port_reads(port: portio.CompletionPort, path: str, blocks: int, seconds: fl
 
 
 def _pool_reads(path: str, blocks: int, seconds: float) -> float:
+    if sys.platform == "win32":
+        raise OSError("os.pread does not exist on Windows")
     rng = random.Random(1)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -131,6 +134,8 @@ def run_micro(backends: list[str], seconds: float, file_mib: int = 32,
                 with portio.open_port(backend) as port:
                     rows.append({"backend": backend, "bench": name, "unit": unit,
                                  "rate": run(port)})
+        if sys.platform == "win32":
+            return rows  # no os.pread on Windows
         if progress is not None:
             progress("micro os.pread thread pool")
         rows.append({"backend": "os.pread+ThreadPoolExecutor(4)", "bench": "file_read",

@@ -22,7 +22,23 @@ from collections.abc import Sequence
 
 from portio.bench.peers import PEERS
 
-__all__ = ["ServerProcess", "ServerSpec", "available_servers"]
+__all__ = ["ServerProcess", "ServerSpec", "allowed_cpus", "available_servers", "pin_to"]
+
+if sys.platform == "linux":
+    def allowed_cpus() -> set[int] | None:
+        """The CPUs this process may run on (None where the OS cannot say)."""
+        return os.sched_getaffinity(0)
+
+    def pin_to(cpus: set[int]) -> None:
+        """Restrict this process (threads started later inherit it) to ``cpus``."""
+        os.sched_setaffinity(0, cpus)
+else:
+    def allowed_cpus() -> set[int] | None:
+        """The CPUs this process may run on (None where the OS cannot say)."""
+        return None
+
+    def pin_to(cpus: set[int]) -> None:
+        """Pinning is not supported here: do nothing."""
 
 _ADDRESS = re.compile(r"(\d+\.\d+\.\d+\.\d+):(\d+)")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -85,7 +101,7 @@ class ServerProcess:
 
         def pin() -> None:  # in the child, before exec: every thread it starts inherits it
             if cpus:
-                os.sched_setaffinity(0, cpus)
+                pin_to(cpus)
 
         self.process = subprocess.Popen(
             spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,

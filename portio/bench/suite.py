@@ -10,13 +10,12 @@ before their median is taken.  Medians come with their min-max over the repetiti
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from portio.bench.loadgen import LoadGenerator
-from portio.bench.servers import ServerProcess, ServerSpec
+from portio.bench.servers import ServerProcess, ServerSpec, allowed_cpus, pin_to
 
 __all__ = ["CONFIGS", "EchoConfig", "Measurement", "pin_plan", "ratios", "run_echo", "summarise",
            "targets"]
@@ -69,9 +68,10 @@ class Measurement:
 def pin_plan(enabled: bool) -> tuple[set[int] | None, set[int] | None]:
     """(server CPUs, client CPUs): the first allowed CPU for the server, the rest for the load
     generator; ``(None, None)`` when pinning is off or impossible (fewer than 2 CPUs)."""
-    if not enabled or not hasattr(os, "sched_getaffinity"):
+    allowed = allowed_cpus()
+    if not enabled or allowed is None:
         return None, None
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = sorted(allowed)
     if len(cpus) < 2:
         return None, None
     return {cpus[0]}, set(cpus[1:])
@@ -131,7 +131,7 @@ def run_echo(specs: Sequence[ServerSpec], configs: Sequence[EchoConfig], reps: i
              progress: Progress | None = None) -> list[Measurement]:
     """Measure every server in every configuration ``reps`` times, interleaved."""
     server_cpus, client_cpus = pin_plan(pin)
-    previous = os.sched_getaffinity(0) if client_cpus else None
+    previous = allowed_cpus() if client_cpus else None
     total = reps * len(configs) * len(specs)
     done = 0
     results: list[Measurement] = []
@@ -144,7 +144,7 @@ def run_echo(specs: Sequence[ServerSpec], configs: Sequence[EchoConfig], reps: i
                 except (OSError, RuntimeError) as exc:
                     running.append(Measurement(spec.name, "", rep, False, str(exc)))
             if client_cpus:
-                os.sched_setaffinity(0, client_cpus)
+                pin_to(client_cpus)
             try:
                 for config in configs:
                     for server in running:
@@ -159,13 +159,13 @@ def run_echo(specs: Sequence[ServerSpec], configs: Sequence[EchoConfig], reps: i
                         done += 1
             finally:
                 if previous is not None:
-                    os.sched_setaffinity(0, previous)
+                    pin_to(previous)
                 for server in running:
                     if isinstance(server, ServerProcess):
                         server.stop()
     finally:
         if previous is not None:
-            os.sched_setaffinity(0, previous)
+            pin_to(previous)
     if progress is not None:
         progress(done, total, "done")
     return results
