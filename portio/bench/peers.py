@@ -98,7 +98,8 @@ def serve_trio(host: str, port: int) -> None:
 
     async def run() -> None:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=_BACKLOG)
-        _ready("trio", listeners[0].socket)  # type: ignore[arg-type]
+        listening: Any = listeners[0].socket  # trio's own socket type wraps the real one
+        _ready("trio", listening)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, handle, listeners)
