@@ -138,6 +138,13 @@ class EchoServer:
         self.stop = stop
         self._clients: dict[int, Client] = {}  # id(client) -> client, for shutdown
         self._clients_lock = threading.Lock()
+        #: Set when the port itself failed (not one client): the server stops and exits 1.
+        self.failed = False
+
+    def _port_failed(self, where: str) -> None:
+        log.exception("the completion port failed in %s; stopping", where)
+        self.failed = True
+        self.stop.set()
 
     # ------------------------------------------------------------------ shared
     def _add_client(self, conn: socket.socket, address: Any) -> Client | None:
@@ -225,6 +232,9 @@ class EchoServer:
                 batch = self.port.get_many(64)
             except PortClosed:
                 return
+            except Exception:
+                self._port_failed(threading.current_thread().name)
+                return
             for completion in batch:
                 try:
                     self._on_completion(completion, None)
@@ -307,6 +317,8 @@ class EchoServer:
             self.port.accept(self.listener, callback=self._on_accept)
             while not self.stop.is_set:
                 self.port.dispatch(STOP_POLL_INTERVAL)  # the alertable wait
+        except Exception:
+            self._port_failed("dispatch")
         finally:
             try:
                 self.port.close_handle(self.listener)  # cancels the pending accept
@@ -377,7 +389,7 @@ def serve(args: argparse.Namespace) -> int:
     _print_ready(ready_line(listener.getsockname(), port.backend, args.model, threads))
     server.run()
     log.info("stopped%s", f" by {stop.signal_name}" if stop.signal_name else "")
-    return 0
+    return 1 if server.failed else 0
 
 
 def _supervise(args: argparse.Namespace, stop: StopFlag) -> int:
@@ -427,8 +439,9 @@ def _supervise(args: argparse.Namespace, stop: StopFlag) -> int:
                                 args.workers))
         while not stop.is_set:
             for child in children:
-                if child.poll() is not None:
-                    log.error("worker %d exited with code %d", child.pid, child.returncode)
+                if child.poll() is not None and not stop.is_set:
+                    log.error("worker %d exited with code %d; stopping the others", child.pid,
+                              child.returncode)
                     stop.set()
             stop.event.wait(STOP_POLL_INTERVAL)
     finally:
@@ -466,6 +479,19 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(parts)
 
 
+def _echo(sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` and return its echo, one chunk at a time: a client that sent a message
+    larger than the socket buffers before reading would deadlock with the server, which stops
+    reading from a client whose echo it cannot send."""
+    view = memoryview(data)
+    echoed = bytearray()
+    for start in range(0, len(view), BUFFER_SIZE):
+        chunk = view[start:start + BUFFER_SIZE]
+        sock.sendall(chunk)
+        echoed += _recv_exactly(sock, len(chunk))
+    return bytes(echoed)
+
+
 def _client_interactive(sock: socket.socket) -> int:
     while True:
         try:
@@ -475,18 +501,16 @@ def _client_interactive(sock: socket.socket) -> int:
         if message in ("q", "Q"):
             return 0
         data = message.encode()
-        if not data:
-            continue
-        sock.sendall(data)
-        print("Message from server:", _recv_exactly(sock, len(data)).decode(errors="replace"))
+        if data:
+            print("Message from server:", _echo(sock, data).decode(errors="replace"))
 
 
 def _client_lines(sock: socket.socket) -> int:
-    """Send stdin line by line; write each echo to stdout as it fully comes back."""
-    out = sys.stdout.buffer
-    for line in sys.stdin.buffer:
-        sock.sendall(line)
-        out.write(_recv_exactly(sock, len(line)))
+    """Send stdin line by line; write each echo to stdout once every byte of it came back.
+    A line longer than BUFFER_SIZE is taken in pieces, so memory stays bounded."""
+    stdin, out = sys.stdin.buffer, sys.stdout.buffer
+    while line := stdin.readline(BUFFER_SIZE):
+        out.write(_echo(sock, line))
         out.flush()
     return 0
 

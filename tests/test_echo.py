@@ -22,12 +22,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import pytest
 
 import portio
-from portio.echo import format_address, percentile
+from portio.echo import EchoServer, StopFlag, format_address, open_listener, percentile
 
 HOST = "127.0.0.1"
 IO_TIMEOUT = 30.0  # seconds any one socket operation may take before the test fails
@@ -171,7 +171,7 @@ def run_client(server: EchoProcess, *args: str,
     return subprocess.run(
         [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
          "--port", str(server.port), *args],
-        input=stdin, capture_output=True, check=False, timeout=120)
+        input=stdin, capture_output=True, check=False, timeout=90)
 
 
 # ---------------------------------------------------------------------- echo correctness
@@ -233,6 +233,15 @@ def test_line_client_echoes_stdin(server: EchoProcess) -> None:
     result = run_client(server, stdin=lines)
     assert result.returncode == 0, result.stderr
     assert result.stdout == lines
+
+
+def test_line_client_with_a_line_larger_than_socket_buffers(server: EchoProcess) -> None:
+    # A client that sent a whole 48 MiB line before reading would deadlock with the server:
+    # together, the loopback socket buffers hold less than that.
+    line = random.randbytes(48 << 20).replace(b"\n", b"") + b"\n"
+    result = run_client(server, stdin=line + b"short\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == line + b"short\n"
 
 
 def test_garbage_is_echoed_as_is(server: EchoProcess) -> None:
@@ -491,3 +500,24 @@ def test_percentile_and_format_address() -> None:
     assert percentile([], 0.5) == 0.0
     assert format_address(("127.0.0.1", 9190)) == "127.0.0.1:9190"
     assert format_address(("::1", 9190, 0, 0)) == "[::1]:9190"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_failing_port_stops_the_server_with_failure(model: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A failure of the port itself (not of one client) stops the server, logged, exit 1."""
+    port = portio.open_port(BACKENDS[0], concurrency=1)
+
+    def broken(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("the port broke")
+
+    port.get_many = broken  # type: ignore[method-assign]
+    port.dispatch = broken  # type: ignore[method-assign]
+    server = EchoServer(open_listener(HOST, 0), port, model=model, threads=1, max_clients=0,
+                        stop=StopFlag())
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    thread.join(STOP_TIMEOUT)
+    assert not thread.is_alive()
+    assert server.failed and port.closed and server.listener.fileno() == -1
+    assert "the completion port failed" in caplog.text
