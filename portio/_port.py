@@ -694,6 +694,16 @@ class PortBase(CompletionPort):
         if error is not None:
             error.__traceback__ = None  # a traceback would keep the poller's frames alive
             result = None
+        if not self._closed:  # a closed port delivers nothing
+            completion = Completion(entry.key, op, op.kind, nbytes, result, error, op.data)
+            if op.callback is not None:
+                self._routines.append((op.callback, completion))
+                self._wake_one("dispatch")
+            else:
+                self._ready.append(completion)
+                self._wake_one("get")
+        # Only now start the next operation of this direction: if it finishes at once, its
+        # completion must queue behind this one.
         if op.kind in _INBOUND or op.kind in _OUTBOUND:
             queue = entry.inbound if op.kind in _INBOUND else entry.outbound
             if queue and queue[0] is op:
@@ -702,15 +712,6 @@ class PortBase(CompletionPort):
                     self._start_head(queue)
             else:
                 queue.remove(op)  # cancelled before it was started
-        if self._closed:
-            return True  # a closed port delivers nothing
-        completion = Completion(entry.key, op, op.kind, nbytes, result, error, op.data)
-        if op.callback is not None:
-            self._routines.append((op.callback, completion))
-            self._wake_one("dispatch")
-        else:
-            self._ready.append(completion)
-            self._wake_one("get")
         return True
 
     def _wake_one(self, wants: str) -> None:
@@ -794,7 +795,14 @@ class PortBase(CompletionPort):
             return taken
 
     def _can_take(self) -> bool:
-        return bool(self._ready) and len(self._active) < self._concurrency
+        if not self._ready:
+            return False
+        if len(self._active) < self._concurrency:
+            return True
+        # At the cap: a thread that ended without calling get again no longer runs, so it
+        # must not hold a slot forever (IOCP forgets a thread once it blocks or exits).
+        self._active &= {thread.ident for thread in threading.enumerate()}
+        return len(self._active) < self._concurrency
 
     def dispatch(self, timeout: float | None = None) -> int:
         timeout = _check_timeout(timeout, "dispatch() timeout")
