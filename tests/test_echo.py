@@ -115,12 +115,11 @@ BACKENDS = portio.available_backends()
 MODELS = ["port", "routine"]
 
 
-@pytest.fixture(params=[(b, m) for b in BACKENDS for m in MODELS],
-                ids=[f"{b}-{m}" for b in BACKENDS for m in MODELS])
-def server(request: pytest.FixtureRequest) -> Iterator[EchoProcess]:
-    """An echo server for one backend and one model."""
-    backend, model = request.param
-    proc = EchoProcess("--backend", backend, "--model", model)
+@pytest.fixture(params=MODELS)
+def server(backend: str, request: pytest.FixtureRequest) -> Iterator[EchoProcess]:
+    """An echo server for one backend (conftest's ``backend`` fixture: every available one,
+    or ``$PORTIO_BACKEND``) and one model."""
+    proc = EchoProcess("--backend", backend, "--model", request.param)
     try:
         yield proc
     finally:
