@@ -520,3 +520,18 @@ def test_a_failing_port_stops_the_server_with_failure(model: str,
     assert not thread.is_alive()
     assert server.failed and port.closed and server.listener.fileno() == -1
     assert "the completion port failed" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="finds the worker processes through Linux's /proc")
+def test_a_dying_worker_process_stops_the_rest_with_failure() -> None:
+    proc = EchoProcess("--workers", "2")
+    try:
+        children = _children_of(proc.proc.pid)
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        assert proc.proc.wait(STOP_TIMEOUT) == 1
+        assert "exited with code -9; stopping the others" in proc.stderr()
+        assert not Path(f"/proc/{children[1]}").exists()
+    finally:
+        proc.close()
