@@ -240,7 +240,7 @@ class SelectorPort(PortBase):
 
 
 def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
+    if sys.platform != "win32":
         return os.preadv(fd, [buffer], offset)
     # Windows has no pread: seek+read under the port lock, which serialises this port's use.
     os.lseek(fd, offset, os.SEEK_SET)
@@ -250,7 +250,7 @@ def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
 
 
 def _pwrite(fd: int, data: memoryview, offset: int) -> int:
-    if hasattr(os, "pwrite"):
+    if sys.platform != "win32":
         return os.pwrite(fd, data, offset)
     os.lseek(fd, offset, os.SEEK_SET)
     return os.write(fd, data)
