@@ -346,6 +346,8 @@ def open_listener(host: str, port: int, *, reuse_port: bool = False,
             # SO_REUSEADDR would instead let another process steal the port).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
+            if sys.platform == "win32":
+                raise OSError("SO_REUSEPORT does not exist on Windows")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
