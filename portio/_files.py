@@ -30,6 +30,7 @@ class File:
 
     #: Tells ports this handle supports offsets without probing it.
     portio_file = True
+    _fd = -1  # until the open succeeds, so close() and __del__ are safe on a failed open
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "rb") -> None:
         if not isinstance(mode, str):
@@ -40,7 +41,6 @@ class File:
                              "(append is not offered: offsets would be ignored)")
         self.name = os.fspath(path)
         self.mode = mode
-        self._fd = -1
         flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
         if sys.platform == "win32":
             from portio.backends import _winfile  # FILE_FLAG_OVERLAPPED needs CreateFileW

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -85,8 +86,12 @@ def test_many_threads_each_completion_exactly_once(backend: str) -> None:
         workers = [threading.Thread(target=worker) for _ in range(threads)]
         for t in workers:
             t.start()
-        posters = [threading.Thread(target=lambda base=base: [
-            port.post(base + i) for i in range(total // 4)]) for base in range(0, total, total // 4)]
+        def poster(base: int) -> None:
+            for i in range(base, base + total // 4):
+                port.post(i)
+
+        posters = [threading.Thread(target=poster, args=(base,))
+                   for base in range(0, total, total // 4)]
         for t in posters:
             t.start()
         for t in posters:
@@ -163,8 +168,12 @@ def test_waiting_threads_are_released_lifo(backend: str) -> None:
     with portio.open_port(backend, concurrency=8) as port:
         order: list[int] = []
         threads = []
+        def waiter(i: int) -> None:
+            port.get(timeout=WAIT)
+            order.append(i)
+
         for i in range(3):
-            t = threading.Thread(target=lambda i=i: (port.get(timeout=WAIT), order.append(i)))
+            t = threading.Thread(target=waiter, args=(i,))
             t.start()
             threads.append(t)
             time.sleep(0.15)  # let each one block before the next arrives
@@ -201,11 +210,11 @@ def test_close_wakes_every_blocked_thread(backend: str, method: str) -> None:
 def test_every_call_after_close_raises_port_closed(backend: str) -> None:
     port = portio.open_port(backend)
     port.close()
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: port.get(timeout=0),
         lambda: port.get_many(timeout=0),
         lambda: port.dispatch(timeout=0),
-        lambda: port.post(),
+        port.post,
         lambda: port.register(0),
         lambda: port.close_handle(0),
     ]
