@@ -7,9 +7,8 @@ documented exception at once (``TypeError``, ``ValueError`` and its subclasses `
 After a sequence of such calls the port still serves posts, and the TCP handle still echoes if
 it was not closed.
 
-Known bugs are kept out of the generated values, since their reproductions live in
-``test_bad_input.py``: ``address=None`` (jams the socket), offsets beyond 2**63 and absurd int
-handles (``OverflowError``), and int handles that are not open descriptors (accepted).
+Generated values include what once slipped through (``address=None``, offsets beyond 2**63,
+absurd and unopened descriptor numbers); see ``test_bad_input.py`` for their named cases.
 """
 
 from __future__ import annotations
@@ -28,10 +27,12 @@ from .loopback import WAIT, World, complete, open_world
 HANDLE_NAMES = ["tcp", "udp", "file", "pipe_r", "loose", "closed", "listener"]
 NOT_INT = st.one_of(st.none(), st.text(max_size=3), st.floats(allow_nan=True),
                     st.just(object()), st.just(b"\x00"))
-#: Ints as junk are negative only: a generated small positive int could be a real descriptor
-#: of this process (the port's own epoll fd, pytest's files) and close_handle would close it.
+#: Ints as junk are negative or far above any descriptor this process has open: a small
+#: positive int could be a real descriptor (the port's own epoll fd, pytest's files), and
+#: register + close_handle would close it under the test run.
 JUNK = st.one_of(NOT_INT, st.booleans(), st.integers(-(1 << 70), -1),
-                 st.sampled_from([-1, -(1 << 31), -(1 << 63)]))
+                 st.integers(1 << 20, 1 << 70),
+                 st.sampled_from([-1, -(1 << 31), -(1 << 63), 1 << 31, 1 << 63, 1 << 64]))
 
 def _view(b: bytes) -> memoryview:
     return memoryview(b)
@@ -49,14 +50,15 @@ sizes = st.one_of(
 )
 payloads = st.one_of(st.binary(max_size=4096), st.binary(max_size=64).map(bytearray),
                      st.binary(max_size=64).map(_view), JUNK)
-offsets = st.one_of(st.integers(-5, (1 << 62)), NOT_INT, st.booleans())
+offsets = st.one_of(st.integers(-5, 1 << 70), st.sampled_from([1 << 63, (1 << 63) - 1]), NOT_INT,
+                    st.booleans())
 op_timeouts = st.one_of(st.none(), st.floats(-1, 5), st.just(float("nan")), st.text(max_size=2))
 wait_timeouts = st.one_of(st.none(), st.floats(-1, 0.02), st.just(float("nan")), st.just("1"))
 addresses = st.one_of(
     st.tuples(st.sampled_from(["127.0.0.1", "0.0.0.0"]), st.integers(-5, 70000)),
     st.tuples(st.just("127.0.0.1"), st.text(max_size=3)),
     st.tuples(st.just("127.0.0.1")),
-    st.text(max_size=5), st.integers(), st.binary(max_size=4),
+    st.text(max_size=5), st.integers(), st.binary(max_size=4), st.none(),
 )
 callbacks = st.sampled_from([None, "record", 3])
 
