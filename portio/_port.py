@@ -633,7 +633,8 @@ class PortBase(CompletionPort):
     def _submit(self, kind: OperationKind, handle: Handle, data: Any, timeout: float | None,
                 callback: Callback | None, buffer: memoryview | None, want_bytes: bool = False,
                 offset: int = 0, address: Any = None) -> Operation:
-        timeout = _check_timeout(timeout, f"{kind}() timeout")
+        if timeout is not None:
+            timeout = _check_timeout(timeout, f"{kind}() timeout")
         if callback is not None and not callable(callback):
             raise TypeError(f"{kind}() callback must be callable, not {type(callback).__name__}")
         with self._lock:
