@@ -45,12 +45,31 @@ ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
 [ $# -gt 0 ] || set -- tests
 say "pytest $* (PORTIO_BACKEND=iocp, Windows CPython under Wine)"
 cd "$TARGET/run"
+junit="$TARGET/junit.xml"
+rm -f "$junit"
 set +e
 PORTIO_BACKEND=iocp \
 PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
 WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
-    timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs "$@"
+    timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs \
+    --junitxml="$(winpath "$junit")" "$@"
 status=$?
 set -e
 say "pytest exit status $status"
+# A Wine process killed under us (a wineserver stopped by another run, say) can exit 0 without
+# a verdict: trust only a report that pytest finished writing, with tests and no failures.
+if [ $status -eq 0 ]; then
+    python3 - "$junit" <<'PY' || status=1
+import sys
+import xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError) as exc:
+    sys.exit(f"[wine-tests] no complete test report ({exc}): the Windows interpreter died")
+suites = [root] if root.tag == "testsuite" else list(root)
+counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors")}
+print(f"[wine-tests] report: {counts}", file=sys.stderr)
+sys.exit(counts["tests"] == 0 or counts["failures"] > 0 or counts["errors"] > 0)
+PY
+fi
 exit $status
