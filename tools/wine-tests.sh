@@ -21,6 +21,10 @@ say() { printf '[wine-tests %4ss] %s\n' "$SECONDS" "$*" >&2; }
 
 WINPY=$("$ROOT/tools/wine-python.sh" | tail -n 1)
 TARGET=$(cd "$(dirname "$WINPY")/.." && pwd)
+# One run at a time per Wine prefix: a second run would delete this one's folders and stop
+# its wineserver.
+exec 9>"$TARGET/.wine-tests.lock"
+flock 9
 trap '"$WINPY" --stop' EXIT
 winpath() { printf 'Z:%s' "${1//\//\\}"; }    # Wine maps / to drive Z:
 
