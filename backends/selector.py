@@ -20,8 +20,10 @@ post, a close, or a deadline earlier than the one it sleeps to.  Regular files a
 
 Traps
 -----
-- Interest is level-triggered and kept only while an operation waits, so a handle with nothing
-  pending never wakes the poller (and a readable socket nobody reads cannot spin it).
+- Interest is level-triggered.  Write interest is kept only while a send waits; read interest
+  outlives the recv that asked for it, since the next recv usually follows at once, and is
+  dropped the first time the socket is reported readable with no recv waiting (so a readable
+  socket nobody reads wakes the poller once, never spins it).
 - A cancel here is exact: a waiting operation has not touched the socket, so cancelling it
   loses nothing; the bytes stay in the kernel for the next receive.
 - ``select``/``poll`` (unlike epoll and kqueue) do not see interest changed while a thread is
@@ -124,10 +126,10 @@ class SelectorPort(PortBase):
             return self._finish(op, op.recv_result(n), n)
         if kind == "send":
             assert buffer is not None
-            while op.sent < len(buffer):
-                n = sock.send(buffer[op.sent:])
-                op.sent += n
-            return self._finish(op, op.sent, op.sent)
+            total = len(buffer)
+            while op.sent < total:
+                op.sent += sock.send(buffer[op.sent:] if op.sent else buffer)
+            return self._finish(op, total, total)
         if kind == "accept":
             conn, address = sock.accept()
             return self._finish(op, (conn, address), 0)
@@ -166,16 +168,21 @@ class SelectorPort(PortBase):
         except OSError as exc:
             self._finish(op, None, op.sent, exc)
 
-    def _update_interest(self, entry: HandleEntry) -> None:
-        """(lock held) Watch exactly the directions whose head operation is waiting."""
+    def _update_interest(self, entry: HandleEntry, keep_read: bool = True) -> None:
+        """(lock held) Watch the directions whose head operation is waiting.
+
+        Read interest is dropped lazily (``keep_read``): a server starts its next recv right
+        after the last one completes, so keeping it saves two ``epoll_ctl`` calls a message;
+        it is dropped when the selector reports a readable socket nobody is reading.  Write
+        interest is dropped at once, since a socket is almost always writable."""
         if entry.closed:
             return
-        mask = 0
+        old = self._interest.get(entry.fd, 0)
+        mask = old & _READ if keep_read else 0
         if entry.inbound and not entry.inbound[0].done:
             mask |= _READ
         if entry.outbound and not entry.outbound[0].done:
             mask |= _WRITE
-        old = self._interest.get(entry.fd, 0)
         if mask == old:
             return
         if not mask:
@@ -206,11 +213,12 @@ class SelectorPort(PortBase):
                     continue
                 if entry.closed:
                     continue  # close_handle ran since select returned
+                idle_read = bool(mask & _READ) and not entry.inbound
                 if mask & _READ and entry.inbound:
                     self._attempt(entry.inbound[0])
                 if mask & _WRITE and entry.outbound:
                     self._attempt(entry.outbound[0])
-                self._update_interest(entry)
+                self._update_interest(entry, keep_read=not idle_read)
 
     def _drain_wakeups(self) -> None:
         self._wake_pending = False
@@ -240,7 +248,7 @@ class SelectorPort(PortBase):
 
 
 def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
+    if sys.platform != "win32":
         return os.preadv(fd, [buffer], offset)
     # Windows has no pread: seek+read under the port lock, which serialises this port's use.
     os.lseek(fd, offset, os.SEEK_SET)
@@ -250,7 +258,7 @@ def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
 
 
 def _pwrite(fd: int, data: memoryview, offset: int) -> int:
-    if hasattr(os, "pwrite"):
+    if sys.platform != "win32":
         return os.pwrite(fd, data, offset)
     os.lseek(fd, offset, os.SEEK_SET)
     return os.write(fd, data)

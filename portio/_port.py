@@ -34,6 +34,7 @@ operation until the OS has let go of the buffer, even after a cancel or a close.
 from __future__ import annotations
 
 import abc
+import errno
 import heapq
 import io
 import itertools
@@ -57,6 +58,9 @@ OperationKind = Literal["accept", "connect", "recv", "send", "recvfrom", "sendto
 MAX_IO_SIZE = 0x7FFFF000
 #: ``post(nbytes=)`` is a DWORD on Windows.
 MAX_POST_NBYTES = 0xFFFFFFFF
+
+# A descriptor is a C int on POSIX; a SOCKET/HANDLE is pointer-sized on Windows.
+_MAX_HANDLE = 2**64 - 1 if os.name == "nt" else 2**31 - 1
 
 _INBOUND = frozenset({"accept", "recv", "recvfrom"})
 _OUTBOUND = frozenset({"connect", "send", "sendto"})
@@ -418,6 +422,8 @@ def _fileno_of(handle: Handle) -> int:
                             f"{type(fd).__name__}, not int")
     if fd < 0:
         raise ValueError(f"handle {handle!r} is closed")
+    if fd > _MAX_HANDLE:
+        raise ValueError(f"handle {handle!r} is not a valid descriptor (too large)")
     return fd
 
 
@@ -563,7 +569,11 @@ class PortBase(CompletionPort):
         try:
             # Raises for a descriptor that is not a socket (ENOTSOCK), which classifies it.
             wrapper = socket.socket(fileno=fd)
-        except OSError:
+        except OverflowError:
+            raise ValueError(f"handle {handle!r} is not a valid descriptor") from None
+        except OSError as exc:
+            if exc.errno == errno.EBADF or _is_closed_fd(fd):
+                raise ValueError(f"handle {handle!r} is not an open descriptor") from None
             return HandleEntry(fd, handle, key, None, owns_wrapper=False,
                                seekable=_is_seekable(fd))
         return HandleEntry(fd, handle, key, wrapper, owns_wrapper=True, seekable=False)
@@ -623,7 +633,8 @@ class PortBase(CompletionPort):
     def _submit(self, kind: OperationKind, handle: Handle, data: Any, timeout: float | None,
                 callback: Callback | None, buffer: memoryview | None, want_bytes: bool = False,
                 offset: int = 0, address: Any = None) -> Operation:
-        timeout = _check_timeout(timeout, f"{kind}() timeout")
+        if timeout is not None:
+            timeout = _check_timeout(timeout, f"{kind}() timeout")
         if callback is not None and not callable(callback):
             raise TypeError(f"{kind}() callback must be callable, not {type(callback).__name__}")
         with self._lock:
@@ -633,7 +644,7 @@ class PortBase(CompletionPort):
                 if entry.sock is None:
                     raise ValueError(f"{kind}() needs a socket; fd {entry.fd} is not one "
                                      "(use read()/write() for files)")
-                if address is not None:
+                if kind in ("connect", "sendto"):
                     address = _resolve_address(entry.sock, address, kind)
             elif entry.sock is not None or not entry.seekable:
                 raise io.UnsupportedOperation(
@@ -654,13 +665,25 @@ class PortBase(CompletionPort):
                 self._enqueue(entry.outbound, op)
             else:
                 op._started = True
-                self._start(op)
+                self._start_safely(op)
             return op
 
     def _enqueue(self, queue: deque[Operation], op: Operation) -> None:
         queue.append(op)
         if len(queue) == 1:
-            self._start_head(queue)
+            if self._starting:
+                self._start_later.append(queue)
+                return
+            # The common case, nothing ahead of it: start it here, then let _start_head
+            # start whatever its completion unblocked.
+            self._starting = True
+            try:
+                op._started = True
+                self._start_safely(op)
+            finally:
+                self._starting = False
+            if self._start_later:
+                self._start_head(self._start_later.pop())
 
     def _start_head(self, queue: deque[Operation]) -> None:
         # An operation that finishes inside _start starts the next one from _finish; doing that
@@ -671,16 +694,31 @@ class PortBase(CompletionPort):
         self._starting = True
         try:
             while True:
-                if queue and not queue[0]._started and not queue[0].entry.closed:
+                if queue and not queue[0]._started:
                     head = queue[0]
                     head._started = True
-                    self._start(head)
+                    if head.entry.closed:
+                        # close_handle: cancelled in the order they were started, after the
+                        # head the OS was still working on, never started themselves.
+                        self._finish(head, None, 0, head.cancel_error)
+                    else:
+                        self._start_safely(head)
                     continue
                 if not self._start_later:
                     break
                 queue = self._start_later.pop()
         finally:
             self._starting = False
+
+    def _start_safely(self, op: Operation) -> None:
+        """Start ``op``; a failure to start is its completion, so a queue can never jam."""
+        try:
+            self._start(op)
+        except OSError as exc:
+            self._finish(op, None, op.sent, exc)
+        except Exception as exc:  # a backend bug: surface it on the operation, keep serving
+            self._finish(op, None, op.sent,
+                         OSError(errno.EINVAL, f"{op.kind} could not start: {exc!r}"))
 
     # ------------------------------------------------------------------ completion
     def _finish(self, op: Operation, result: Any, nbytes: int,
@@ -882,9 +920,15 @@ class PortBase(CompletionPort):
 
     def _forget(self, entry: HandleEntry) -> None:
         """(lock held) Cancel every operation of ``entry`` and unregister it."""
-        entry.closed = True  # no queued operation starts once its predecessor is cancelled
-        for op in list(entry.pending):
-            if not op._done:
+        # Started operations are cancelled in the OS; the ones queued behind them complete,
+        # in order, as each predecessor does (see _start_head), never overtaking it.
+        entry.closed = True
+        pending = list(entry.pending)
+        for op in pending:
+            if not op._started:
+                op.cancel_error = OperationCancelled("handle closed by close_handle()")
+        for op in pending:
+            if op._started and not op._done:
                 self._cancel_locked(op, OperationCancelled("handle closed by close_handle()"))
         self._detach(entry)
         del self._entries[entry.fd]
@@ -914,12 +958,26 @@ class PortBase(CompletionPort):
         self._shutdown()
 
 
+#: Offsets are signed 64-bit in every OS's file API.
+MAX_OFFSET = 2**63 - 1
+
+
 def _check_offset(offset: Any, what: str) -> int:
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"{what}() offset must be an int, not {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"{what}() offset must be >= 0, got {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValueError(f"{what}() offset must be between 0 and 2**63-1, got {offset}")
     return offset
+
+
+def _is_closed_fd(fd: int) -> bool:
+    if os.name == "nt":
+        return False  # a HANDLE is not a CRT descriptor: fstat cannot tell
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
 
 
 def _is_seekable(fd: int) -> bool:

@@ -1,0 +1,495 @@
+"""The ``iocp`` backend: the real Windows I/O completion port, through cffi in ABI mode.
+
+How IOCP works
+--------------
+A completion port is a kernel queue. A handle (socket or file opened ``FILE_FLAG_OVERLAPPED``)
+is associated with one port for its whole life (``CreateIoCompletionPort(handle, port, key)``;
+a second association fails with ERROR_INVALID_PARAMETER). Each overlapped call (``WSARecv``,
+``AcceptEx``, ``ReadFile`` ...) takes an ``OVERLAPPED``, the per-I/O record, and usually returns
+ERROR_IO_PENDING; when the I/O finishes the kernel writes the status into
+``OVERLAPPED.Internal`` (an NTSTATUS), the byte count into ``InternalHigh``, and queues a packet
+``(key, OVERLAPPED*, nbytes)`` on the port. ``GetQueuedCompletionStatusEx`` dequeues packets in
+batches. ``CancelIoEx(handle, ov)`` asks for early completion; the operation then still
+completes exactly once, with STATUS_CANCELLED (ERROR_OPERATION_ABORTED) or, if it won the race,
+with its real result.
+
+What portio adds
+----------------
+``PortBase`` keeps the user-visible queue, per-handle FIFOs, deadlines, the concurrency cap and
+LIFO release. This module only starts operations and waits: one thread at a time (the
+leader/poller of ``PortBase``) sits in ``GetQueuedCompletionStatusEx`` and turns packets into
+completions; ``_wakeup`` posts a packet with the reserved key :data:`_WAKEUP_KEY`. The leader
+model is kept (rather than every ``get`` thread waiting in the kernel) because posts, callback
+routing and deadlines live in ``PortBase`` and must all reach the same queue. For the same
+reason the kernel's own concurrency cap is switched off (:data:`_KERNEL_CONCURRENCY`): it would
+only ever throttle the single poller, including its wakeups, while ``PortBase`` already applies
+the cap where threads are really released.
+
+Every socket and file operation is keyed in ``_inflight`` by the address of its OVERLAPPED;
+the dict holds the OVERLAPPED, the buffer and every other cdata the kernel points at.
+
+Traps
+-----
+* Lifetimes: the kernel owns the OVERLAPPED and buffer until the packet is *dequeued*, even
+  after ``CancelIoEx``, ``closesocket`` or ``close()``. ``_inflight`` keeps them alive until
+  then; at ``close()`` the port cancels what is left and drains packets for a while, and
+  anything the kernel still holds after that is parked in :data:`_ABANDONED` forever rather
+  than freed under the kernel's feet.
+* Cancel races: ``CancelIoEx`` returns ERROR_NOT_FOUND when the operation already finished; its
+  packet is then on the way with the real result, which is delivered (bytes never lost).
+* Whole-buffer sends: a ``WSASend`` that completes short is re-submitted for the rest.
+* ``FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`` (no packet when a call succeeds at once) is turned on
+  only for TCP sockets whose provider reports real kernel handles (``XP1_IFS_HANDLES``; a
+  non-IFS layered provider may queue a packet anyway) and for files; never for UDP.
+* Error codes: the status comes from ``OVERLAPPED.Internal`` through ``RtlNtStatusToDosError``
+  (the handle may already be closed). See ``_winapi.winerror_to_oserror`` for the mapping.
+* Wine 8 differs from Windows (the code handles both): closing a port does not wake a thread
+  blocked in GetQueuedCompletionStatus (Windows: ERROR_ABANDONED_WAIT_0), so ``close()`` wakes
+  the poller by posting before the port is closed; ``closesocket`` with a receive pending
+  completes it with 676 instead of 995 (both mean "aborted" here); on timeout
+  ``GetQueuedCompletionStatusEx`` may report one entry removed, so entries are read only when
+  it returns TRUE; file I/O never completes synchronously; a UDP send to a closed port does not
+  fail a pending ``WSARecvFrom`` (Windows: WSAECONNRESET/ERROR_PORT_UNREACHABLE, delivered as
+  ``ConnectionResetError`` to that recvfrom).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+import sys
+import time
+from typing import Any, ClassVar
+
+from portio._port import HandleEntry, Operation, PortBase
+from portio.errors import BackendUnavailable, OperationCancelled
+
+if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip the rest
+    raise ImportError("portio.backends.iocp needs Windows")
+
+from . import _winapi as w
+
+__all__ = ["IocpPort"]
+
+#: Completion key of the packets ``_wakeup`` posts; I/O packets use :data:`_IO_KEY`.
+_WAKEUP_KEY = 1
+_IO_KEY = 2
+#: NumberOfConcurrentThreads for CreateIoCompletionPort: "no cap" (see the module docstring).
+_KERNEL_CONCURRENCY = 0x7FFFFFFF
+#: Packets dequeued per GetQueuedCompletionStatusEx call.
+_BATCH = 64
+#: How long close() keeps draining packets of cancelled operations before giving up on them.
+_DRAIN_SECONDS = 2.0
+#: OVERLAPPEDs and buffers the kernel never returned: kept alive for the life of the process.
+_ABANDONED: list[Any] = []
+#: AcceptEx address slots: the largest sockaddr plus the 16 bytes AcceptEx requires.
+_ACCEPT_ADDRLEN = 128 + 16
+_STATUS_SUCCESS = 0
+#: OVERLAPPED.Internal while the I/O is in flight (the kernel sets it when the call is issued).
+_STATUS_PENDING = 0x103
+_SOCKET_ERROR = -1
+
+_dlls = w.load()
+_k32, _ws2, _ntdll = _dlls.kernel32, _dlls.ws2_32, _dlls.ntdll
+#: Typed Any on purpose: cdata fields (OVERLAPPED.Internal, ...) are only known to the cdef.
+ffi: Any = w.ffi
+
+
+def _handle(fd: int) -> Any:
+    return ffi.cast("HANDLE", fd)
+
+
+def _ov_key(ov: Any) -> int:
+    return int(ffi.cast("uintptr_t", ov))
+
+
+def _sockaddr(family: int, address: Any) -> tuple[Any, int]:
+    """A cdata sockaddr for a numeric ``address`` of ``family``, and its length."""
+    if family == socket.AF_INET:
+        sin = ffi.new("struct sockaddr_in *")
+        sin.sin_family = socket.AF_INET
+        sin.sin_port = socket.htons(address[1])
+        ffi.memmove(ffi.addressof(sin, "sin_addr"), socket.inet_pton(socket.AF_INET, address[0]), 4)
+        return sin, ffi.sizeof("struct sockaddr_in")
+    if family == socket.AF_INET6:
+        sin6 = ffi.new("struct sockaddr_in6 *")
+        sin6.sin6_family = socket.AF_INET6
+        sin6.sin6_port = socket.htons(address[1])
+        if len(address) >= 4:
+            sin6.sin6_flowinfo = socket.htonl(address[2])
+            sin6.sin6_scope_id = address[3]
+        host = address[0].split("%", 1)[0]
+        ffi.memmove(ffi.addressof(sin6, "sin6_addr"), socket.inet_pton(socket.AF_INET6, host), 16)
+        return sin6, ffi.sizeof("struct sockaddr_in6")
+    raise OSError(None, f"address family {family} is not supported by the iocp backend", None,
+                  10047)  # WSAEAFNOSUPPORT
+
+
+def _address(sa: Any) -> Any:
+    """Decode a ``struct sockaddr *`` into the tuple Python's socket module uses."""
+    family = sa.sa_family
+    if family == socket.AF_INET:
+        sin = ffi.cast("struct sockaddr_in *", sa)
+        raw = bytes(ffi.buffer(ffi.addressof(sin, "sin_addr"), 4))
+        host = socket.inet_ntop(socket.AF_INET, raw)
+        return host, socket.ntohs(sin.sin_port)
+    if family == socket.AF_INET6:
+        sin6 = ffi.cast("struct sockaddr_in6 *", sa)
+        raw = bytes(ffi.buffer(ffi.addressof(sin6, "sin6_addr"), 16))
+        host = socket.inet_ntop(socket.AF_INET6, raw)
+        return host, socket.ntohs(sin6.sin6_port), socket.ntohl(sin6.sin6_flowinfo), \
+            sin6.sin6_scope_id
+    return None
+
+
+class _Native:
+    """What the kernel points at for one started operation (kept until its packet is dequeued)."""
+
+    __slots__ = ("accept_sock", "addr", "addrlen", "bufref", "flags", "ov", "wsabuf")
+
+    def __init__(self) -> None:
+        self.ov = ffi.new("OVERLAPPED *")
+        self.bufref: Any = None
+        self.wsabuf: Any = None
+        self.flags: Any = None
+        self.addr: Any = None
+        self.addrlen: Any = None
+        self.accept_sock: socket.socket | None = None
+
+
+class IocpPort(PortBase):
+    """A completion port backed by the Windows kernel's I/O completion port."""
+
+    backend: ClassVar[str] = "iocp"
+
+    @classmethod
+    def probe(cls) -> None:
+        port = _k32.CreateIoCompletionPort(_handle(w.INVALID_HANDLE_VALUE), ffi.NULL, 0, 0)
+        if port == ffi.NULL:
+            raise BackendUnavailable(
+                f"CreateIoCompletionPort failed: {w.winerror_to_oserror(w.last_error())}")
+        _k32.CloseHandle(port)
+
+    def __init__(self, concurrency: int = 0) -> None:
+        super().__init__(concurrency)
+        self.probe()
+        port = _k32.CreateIoCompletionPort(
+            _handle(w.INVALID_HANDLE_VALUE), ffi.NULL, 0, _KERNEL_CONCURRENCY)
+        if port == ffi.NULL:
+            raise w.winerror_to_oserror(w.last_error())
+        self._port = port
+        self._port_open = True
+        self._inflight: dict[int, Operation] = {}
+        self._entries_buf = ffi.new("OVERLAPPED_ENTRY[]", _BATCH)  # only the poller uses it
+        self._removed = ffi.new("ULONG *")
+        self._extensions: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    # ------------------------------------------------------------------ handles
+    def _attach(self, entry: HandleEntry) -> None:
+        if entry.sock is None and not entry.seekable:
+            raise ValueError(f"handle {entry.fd} is neither a socket nor a portio.open_file() "
+                             "file: the iocp backend cannot start I/O on it")
+        if _k32.CreateIoCompletionPort(_handle(entry.fd), self._port, _IO_KEY, 0) == ffi.NULL:
+            code = w.last_error()
+            if code == w.Error.ERROR_INVALID_PARAMETER:
+                raise ValueError(
+                    f"handle {entry.fd} is already associated with another completion port "
+                    "(Windows allows one port per handle for the handle's whole life)")
+            raise w.winerror_to_oserror(code)
+        entry.native = self._skip_on_success(entry)
+
+    def _skip_on_success(self, entry: HandleEntry) -> bool:
+        """Turn on FILE_SKIP_COMPLETION_PORT_ON_SUCCESS where it is safe; say whether it is."""
+        sock = entry.sock
+        if sock is not None:
+            if sock.type != socket.SOCK_STREAM:
+                return False  # UDP behind layered providers may still queue a packet
+            try:
+                info = sock.getsockopt(w.SockOpt.SOL_SOCKET, w.SockOpt.SO_PROTOCOL_INFOW, 628)
+            except OSError:
+                return False
+            (service_flags,) = struct.unpack_from("<I", info)
+            if not service_flags & w.ServiceFlags.XP1_IFS_HANDLES:
+                return False
+        modes = w.CompletionModes.FILE_SKIP_COMPLETION_PORT_ON_SUCCESS \
+            | w.CompletionModes.FILE_SKIP_SET_EVENT_ON_HANDLE
+        return bool(_k32.SetFileCompletionNotificationModes(_handle(entry.fd), modes))
+
+    def _detach(self, entry: HandleEntry) -> None:
+        # The association ends when the handle is closed; cancelled operations stay in
+        # _inflight until their packets arrive.
+        pass
+
+    # ------------------------------------------------------------------ starting
+    def _start(self, op: Operation) -> None:
+        native = _Native()
+        op.native = native
+        try:
+            ok = getattr(self, f"_start_{op.kind}")(op, native)
+        except OSError as exc:
+            self._finish(op, None, 0, exc)
+            return
+        if ok:
+            if op.entry.native:  # no packet will come: complete it here
+                self._complete(op, _STATUS_SUCCESS, int(native.ov.InternalHigh))
+            else:
+                self._inflight[_ov_key(native.ov)] = op
+            return
+        code = w.last_error()
+        if code == w.Error.ERROR_IO_PENDING:
+            self._inflight[_ov_key(native.ov)] = op
+            return
+        # Failed at once: the kernel queues no packet and holds nothing.
+        self._fail(op, code)
+
+    def _start_recv(self, op: Operation, n: _Native) -> bool:
+        self._set_wsabuf(op, n, op.buffer)
+        n.flags = ffi.new("DWORD *", 0)
+        rc = _ws2.WSARecv(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags, n.ov, ffi.NULL)
+        return bool(rc != _SOCKET_ERROR)
+
+    def _start_send(self, op: Operation, n: _Native) -> bool:
+        assert op.buffer is not None
+        self._set_wsabuf(op, n, op.buffer[op.sent:])
+        rc = _ws2.WSASend(op.entry.fd, n.wsabuf, 1, ffi.NULL, 0, n.ov, ffi.NULL)
+        return bool(rc != _SOCKET_ERROR)
+
+    def _start_recvfrom(self, op: Operation, n: _Native) -> bool:
+        self._set_wsabuf(op, n, op.buffer)
+        n.flags = ffi.new("DWORD *", 0)
+        n.addr = ffi.new("SOCKADDR_STORAGE *")
+        n.addrlen = ffi.new("INT *", ffi.sizeof("SOCKADDR_STORAGE"))
+        rc = _ws2.WSARecvFrom(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags,
+                              ffi.cast("struct sockaddr *", n.addr), n.addrlen, n.ov, ffi.NULL)
+        return bool(rc != _SOCKET_ERROR)
+
+    def _start_sendto(self, op: Operation, n: _Native) -> bool:
+        self._set_wsabuf(op, n, op.buffer)
+        assert op.entry.family is not None
+        n.addr, addrlen = _sockaddr(op.entry.family, op.address)
+        rc = _ws2.WSASendTo(op.entry.fd, n.wsabuf, 1, ffi.NULL, 0,
+                            ffi.cast("struct sockaddr *", n.addr), addrlen, n.ov, ffi.NULL)
+        return bool(rc != _SOCKET_ERROR)
+
+    def _start_accept(self, op: Operation, n: _Native) -> bool:
+        listener = op.entry.sock
+        assert listener is not None
+        acceptex, _, _ = self._extension(listener)
+        n.accept_sock = socket.socket(listener.family, listener.type, listener.proto)
+        n.bufref = ffi.new("char[]", 2 * _ACCEPT_ADDRLEN)
+        ok = acceptex(op.entry.fd, n.accept_sock.fileno(), n.bufref, 0, _ACCEPT_ADDRLEN,
+                      _ACCEPT_ADDRLEN, ffi.NULL, n.ov)
+        if not ok and w.last_error() != w.Error.ERROR_IO_PENDING:
+            code = w.last_error()
+            n.accept_sock.close()
+            raise w.winerror_to_oserror(code)
+        return bool(ok)
+
+    def _start_connect(self, op: Operation, n: _Native) -> bool:
+        sock = op.entry.sock
+        assert sock is not None
+        _, connectex, _ = self._extension(sock)
+        try:
+            sock.getsockname()
+        except OSError:  # ConnectEx needs a bound socket: bind as connect() would implicitly
+            sock.bind(("0.0.0.0", 0) if sock.family == socket.AF_INET else ("::", 0))
+        n.addr, addrlen = _sockaddr(sock.family, op.address)
+        return bool(connectex(op.entry.fd, ffi.cast("struct sockaddr *", n.addr), addrlen,
+                              ffi.NULL, 0, ffi.NULL, n.ov))
+
+    def _start_read(self, op: Operation, n: _Native) -> bool:
+        assert op.buffer is not None
+        n.bufref = ffi.from_buffer(op.buffer)
+        n.ov.Offset = op.offset & 0xFFFFFFFF
+        n.ov.OffsetHigh = op.offset >> 32
+        return bool(_k32.ReadFile(_handle(op.entry.fd), n.bufref, len(op.buffer), ffi.NULL, n.ov))
+
+    def _start_write(self, op: Operation, n: _Native) -> bool:
+        assert op.buffer is not None
+        position = op.offset + op.sent
+        n.bufref = ffi.from_buffer(op.buffer[op.sent:])
+        n.ov.Offset = position & 0xFFFFFFFF
+        n.ov.OffsetHigh = position >> 32
+        return bool(_k32.WriteFile(_handle(op.entry.fd), n.bufref, len(op.buffer) - op.sent,
+                                   ffi.NULL, n.ov))
+
+    @staticmethod
+    def _set_wsabuf(op: Operation, n: _Native, view: memoryview | None) -> None:
+        assert view is not None
+        n.bufref = ffi.from_buffer(view)
+        n.wsabuf = ffi.new("WSABUF *")
+        n.wsabuf.len = len(view)
+        n.wsabuf.buf = n.bufref
+
+    def _extension(self, sock: socket.socket) -> tuple[Any, ...]:
+        """AcceptEx, ConnectEx and GetAcceptExSockaddrs for ``sock``'s provider (cached)."""
+        cache_key = (int(sock.family), int(sock.type))
+        found = self._extensions.get(cache_key)
+        if found is None:
+            found = tuple(
+                self._extension_pointer(sock, guid, ctype) for guid, ctype in (
+                    (w.WSAID_ACCEPTEX, "LPFN_ACCEPTEX"),
+                    (w.WSAID_CONNECTEX, "LPFN_CONNECTEX"),
+                    (w.WSAID_GETACCEPTEXSOCKADDRS, "LPFN_GETACCEPTEXSOCKADDRS")))
+            self._extensions[cache_key] = found
+        return found
+
+    @staticmethod
+    def _extension_pointer(sock: socket.socket, guid_value: Any, ctype: str) -> Any:
+        guid = ffi.new("GUID *")
+        guid.Data1, guid.Data2, guid.Data3 = guid_value[:3]
+        guid.Data4 = list(guid_value[3])
+        out = ffi.new(f"{ctype} *")
+        returned = ffi.new("DWORD *")
+        rc = _ws2.WSAIoctl(sock.fileno(), w.SockOpt.SIO_GET_EXTENSION_FUNCTION_POINTER,
+                           guid, ffi.sizeof("GUID"), out, ffi.sizeof(ctype), returned,
+                           ffi.NULL, ffi.NULL)
+        if rc == _SOCKET_ERROR:
+            raise w.winerror_to_oserror(w.last_error())
+        return out[0]
+
+    # ------------------------------------------------------------------ completing
+    def _complete(self, op: Operation, status: int, nbytes: int) -> None:
+        """(lock held) The kernel is done with ``op``: turn its outcome into a completion."""
+        n: _Native = op.native
+        if status != _STATUS_SUCCESS:
+            code = _ntdll.RtlNtStatusToDosError(ffi.cast("LONG", status))
+            if not (op.kind == "recvfrom" and code == 234):  # ERROR_MORE_DATA: truncated datagram
+                self._fail(op, code)
+                return
+        kind = op.kind
+        try:
+            if kind in ("recv", "read"):
+                self._finish(op, op.recv_result(nbytes), nbytes)
+            elif kind in ("send", "write"):
+                op.sent += nbytes
+                assert op.buffer is not None
+                if op.sent >= len(op.buffer):
+                    self._finish(op, op.sent, op.sent)
+                elif op.cancel_error is not None or nbytes == 0:
+                    # cancelled (or stalled) part-way: the error, with the prefix in nbytes
+                    self._finish(op, None, op.sent,
+                                 op.cancel_error or w.winerror_to_oserror(w.Error.WSAECONNRESET))
+                else:
+                    self._start(op)  # short send: submit the rest under the same Operation
+            elif kind == "recvfrom":
+                address = _address(ffi.cast("struct sockaddr *", n.addr))
+                self._finish(op, (op.recv_result(nbytes), address), nbytes)
+            elif kind == "sendto":
+                self._finish(op, nbytes, nbytes)
+            elif kind == "connect":
+                sock = op.entry.sock
+                assert sock is not None
+                sock.setsockopt(w.SockOpt.SOL_SOCKET, w.SockOpt.SO_UPDATE_CONNECT_CONTEXT, b"")
+                self._finish(op, None, 0)
+            elif kind == "accept":
+                self._finish_accept(op, n)
+        except OSError as exc:
+            self._finish(op, None, 0, exc)
+
+    def _finish_accept(self, op: Operation, n: _Native) -> None:
+        conn = n.accept_sock
+        assert conn is not None and op.entry.sock is not None
+        n.accept_sock = None
+        if op._done:  # cancelled meanwhile and already delivered: nobody will get the socket
+            conn.close()
+            return
+        try:
+            conn.setsockopt(w.SockOpt.SOL_SOCKET, w.SockOpt.SO_UPDATE_ACCEPT_CONTEXT,
+                            struct.pack("P", op.entry.fd))
+            _, _, getsockaddrs = self._extension(op.entry.sock)
+            local, local_len = ffi.new("struct sockaddr **"), ffi.new("INT *")
+            remote, remote_len = ffi.new("struct sockaddr **"), ffi.new("INT *")
+            getsockaddrs(n.bufref, 0, _ACCEPT_ADDRLEN, _ACCEPT_ADDRLEN, local, local_len,
+                         remote, remote_len)
+            address = _address(remote[0])
+        except OSError:
+            conn.close()
+            raise
+        if not self._finish(op, (conn, address), 0):
+            conn.close()
+
+    def _fail(self, op: Operation, code: int) -> None:
+        """(lock held) ``op`` failed with Windows error ``code``."""
+        n: _Native | None = op.native
+        if n is not None and n.accept_sock is not None:
+            n.accept_sock.close()
+            n.accept_sock = None
+        if code in w.ABORTED:
+            # Windows says 995, Wine 676 when the socket was closed under the operation
+            error: OSError = op.cancel_error or OperationCancelled("the handle was closed")
+        elif code == w.Error.ERROR_HANDLE_EOF and op.kind == "read":
+            self._finish(op, op.recv_result(0), 0)
+            return
+        else:
+            error = w.winerror_to_oserror(code)
+        if op.kind in ("send", "write") and op.sent:
+            # part of the data went out before the failure: say how much in nbytes
+            self._finish(op, None, op.sent, error)
+        else:
+            self._finish(op, None, 0, error)
+
+    # ------------------------------------------------------------------ cancel, wait, close
+    def _cancel(self, op: Operation) -> None:
+        n: _Native | None = op.native
+        if n is None or _ov_key(n.ov) not in self._inflight:
+            self._finish(op, None, 0, op.cancel_error)
+            return
+        # CancelIoEx either aborts the I/O (final status STATUS_CANCELLED) or finds it already
+        # finished (ERROR_NOT_FOUND; the real result stands).  The packet brings the outcome;
+        # if the kernel has already written the final status into OVERLAPPED.Internal, the
+        # completion is produced now instead.  Either way the OVERLAPPED and buffer stay in
+        # _inflight until the packet itself is dequeued.  (Operations queued behind this one
+        # by PortBase complete after it, in order, whichever way it ends.)
+        _k32.CancelIoEx(_handle(op.entry.fd), n.ov)
+        if n.ov.Internal != _STATUS_PENDING:
+            self._complete(op, int(n.ov.Internal), int(n.ov.InternalHigh))
+
+    def _poll(self, timeout: float | None) -> None:
+        # INFINITE is a reserved value: a finite timeout must stay below it
+        ms = w.INFINITE if timeout is None else min(math.ceil(timeout * 1000), w.INFINITE - 1)
+        entries, removed = self._entries_buf, self._removed
+        ok = _k32.GetQueuedCompletionStatusEx(self._port, entries, _BATCH, removed, ms, 0)
+        if not ok:
+            return  # timeout (Wine may claim 1 entry removed here: never read them), or closed
+        with self._lock:
+            for i in range(removed[0]):
+                entry = entries[i]
+                if entry.lpCompletionKey != _IO_KEY:
+                    continue  # a wakeup
+                op = self._inflight.pop(_ov_key(entry.lpOverlapped), None)
+                if op is not None and not op._done:  # done: completed by _cancel already
+                    self._complete(op, int(entry.lpOverlapped.Internal),
+                                   int(entry.dwNumberOfBytesTransferred))
+
+    def _wakeup(self) -> None:
+        # Never post to a closed port handle: Windows may already have reused its value.
+        if self._port_open:
+            _k32.PostQueuedCompletionStatus(self._port, 0, _WAKEUP_KEY, ffi.NULL)
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            pending = dict(self._inflight)
+        for op in pending.values():
+            _k32.CancelIoEx(_handle(op.entry.fd), op.native.ov)
+        # The kernel writes into each OVERLAPPED and buffer until its packet is queued: drain
+        # them (bounded), then park whatever never came back instead of freeing it.
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        entries, removed = self._entries_buf, self._removed
+        while pending and time.monotonic() < deadline:
+            if _k32.GetQueuedCompletionStatusEx(self._port, entries, _BATCH, removed, 50, 0):
+                for i in range(removed[0]):
+                    entry = entries[i]
+                    key = _ov_key(entry.lpOverlapped)
+                    if key in pending and pending[key].native.accept_sock is not None:
+                        pending[key].native.accept_sock.close()
+                    pending.pop(key, None)
+        if pending:
+            _ABANDONED.extend(op.native for op in pending.values())
+        with self._lock:
+            self._inflight.clear()
+        # Windows wakes threads still blocked on the port with ERROR_ABANDONED_WAIT_0; Wine
+        # does not, but PortBase.close() has already made the poller leave before this point.
+        self._port_open = False
+        _k32.CloseHandle(self._port)

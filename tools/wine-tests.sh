@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# tools/wine-tests.sh [PYTEST ARGS...]
+#
+# Runs portio's test suite under a genuine Windows CPython 3.13 (Wine) with PORTIO_BACKEND=iocp,
+# so the iocp backend is exercised for real on Linux.  Default argument: tests
+# (contract, property and Windows-only tests).  Exits with pytest's status; always stops the wineserver at the end.
+#
+# How portio gets onto the Windows path: the checkout cannot simply be put on PYTHONPATH,
+# because setuptools maps the import name portio.backends to the folder backends/ only when it
+# installs.  So the host pip builds a wheel of the checkout (pure Python: the iocp backend is
+# cffi ABI mode) and unpacks it into a fresh TARGET/portio-site, which goes on PYTHONPATH.
+# pytest runs from TARGET/run, which holds only symlinks to the checkout's tests/ and
+# pyproject.toml: the tests still import each other as tests.contract.support (the current
+# directory is on sys.path), but the checkout's portio/ is not there to shadow the wheel.
+# The suite therefore tests exactly what a Windows user installs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECONDS=0
+say() { printf '[wine-tests %4ss] %s\n' "$SECONDS" "$*" >&2; }
+
+WINPY=$("$ROOT/tools/wine-python.sh" | tail -n 1)
+TARGET=$(cd "$(dirname "$WINPY")/.." && pwd)
+# One run at a time per Wine prefix: a second run would delete this one's folders and stop
+# its wineserver.
+exec 9>"$TARGET/.wine-tests.lock"
+flock 9
+trap '"$WINPY" --stop' EXIT
+winpath() { printf 'Z:%s' "${1//\//\\}"; }    # Wine maps / to drive Z:
+
+say "build the portio wheel and unpack it into $TARGET/portio-site"
+rm -rf "$TARGET/portio-site" "$TARGET/wheel"
+HOSTPY=python3
+[ -x "$ROOT/.venv/bin/python" ] && HOSTPY="$ROOT/.venv/bin/python"
+"$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -w "$TARGET/wheel" "$ROOT" >/dev/null 2>&1 ||
+    "$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$TARGET/wheel" "$ROOT"
+"$HOSTPY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --no-compile --target "$TARGET/portio-site" "$TARGET"/wheel/portio-*.whl
+
+say "build tests/win/abi_check.c with mingw-w64"
+x86_64-w64-mingw32-gcc -O1 -Wall -Werror -o "$TARGET/abi_check.exe" "$ROOT/tests/win/abi_check.c" -lws2_32
+
+# PORTIO_TESTS_DIR: run another tests/ tree (e.g. a colleague's uncommitted one) instead
+rm -rf "$TARGET/run" && mkdir -p "$TARGET/run"
+ln -s "${PORTIO_TESTS_DIR:-$ROOT/tests}" "$TARGET/run/tests"
+ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
+
+[ $# -gt 0 ] || set -- tests
+say "pytest $* (PORTIO_BACKEND=iocp, Windows CPython under Wine)"
+cd "$TARGET/run"
+junit="$TARGET/junit.xml"
+rm -f "$junit"
+set +e
+PORTIO_BACKEND=iocp \
+PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
+WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
+    timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs \
+    --junitxml="$(winpath "$junit")" "$@"
+status=$?
+set -e
+say "pytest exit status $status"
+# A Wine process killed under us (a wineserver stopped by another run, say) can exit 0 without
+# a verdict: trust only a report that pytest finished writing, with tests and no failures.
+if [ $status -eq 0 ]; then
+    python3 - "$junit" <<'PY' || status=1
+import sys
+import xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError) as exc:
+    sys.exit(f"[wine-tests] no complete test report ({exc}): the Windows interpreter died")
+suites = [root] if root.tag == "testsuite" else list(root)
+counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors")}
+print(f"[wine-tests] report: {counts}", file=sys.stderr)
+sys.exit(counts["tests"] == 0 or counts["failures"] > 0 or counts["errors"] > 0)
+PY
+fi
+exit $status
