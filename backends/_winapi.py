@@ -137,6 +137,7 @@ BOOL WriteFile(HANDLE hFile, const void *lpBuffer, DWORD nNumberOfBytesToWrite,
 BOOL GetOverlappedResult(HANDLE hFile, LPOVERLAPPED lpOverlapped,
                          LPDWORD lpNumberOfBytesTransferred, BOOL bWait);
 BOOL CloseHandle(HANDLE hObject);
+DWORD GetFileType(HANDLE hFile);
 DWORD GetLastError(void);
 
 /* ntdll: what GetOverlappedResult does to OVERLAPPED.Internal, without needing the handle
@@ -209,6 +210,7 @@ class Kernel32(Protocol):
     def GetOverlappedResult(self, hFile: Any, lpOverlapped: Any,
                             lpNumberOfBytesTransferred: Any, bWait: int) -> int: ...
     def CloseHandle(self, hObject: Any) -> int: ...
+    def GetFileType(self, hFile: Any) -> int: ...
     def GetLastError(self) -> int: ...
 
 
@@ -302,6 +304,15 @@ class FileFlags(enum.IntFlag):
 
     FILE_ATTRIBUTE_NORMAL = 0x80
     FILE_FLAG_OVERLAPPED = 0x40000000
+
+
+class FileType(enum.IntEnum):
+    """What GetFileType says a HANDLE is (FILE_TYPE_UNKNOWN also for an invalid handle)."""
+
+    FILE_TYPE_UNKNOWN = 0x0
+    FILE_TYPE_DISK = 0x1
+    FILE_TYPE_CHAR = 0x2
+    FILE_TYPE_PIPE = 0x3     # also what a socket is
 
 
 class CompletionModes(enum.IntFlag):

@@ -187,9 +187,9 @@ class IocpPort(PortBase):
 
     # ------------------------------------------------------------------ handles
     def _attach(self, entry: HandleEntry) -> None:
-        if entry.sock is None and not entry.seekable:
-            raise ValueError(f"handle {entry.fd} is neither a socket nor a portio.open_file() "
-                             "file: the iocp backend cannot start I/O on it")
+        if entry.sock is None and not getattr(entry.obj, "portio_file", False):
+            self._attach_other(entry)
+            return
         if _k32.CreateIoCompletionPort(_handle(entry.fd), self._port, _IO_KEY, 0) == ffi.NULL:
             code = w.last_error()
             if code == w.Error.ERROR_INVALID_PARAMETER:
@@ -198,6 +198,33 @@ class IocpPort(PortBase):
                     "(Windows allows one port per handle for the handle's whole life)")
             raise w.winerror_to_oserror(code)
         entry.native = self._skip_on_success(entry)
+
+    @staticmethod
+    def _attach_other(entry: HandleEntry) -> None:
+        """An int HANDLE (or object) that is neither a socket nor a portio.open_file() file.
+
+        A pipe or console handle is accepted as POSIX accepts a pipe descriptor, and for the
+        same reason no call can start I/O on it: the shared checks refuse recv/send (not a
+        socket: ValueError) and read/write (no offsets: io.UnsupportedOperation) at the call.
+        It is never associated with the kernel port (anonymous pipes are not overlapped).
+        Anything else is refused here: an invalid or closed value, and a disk file HANDLE,
+        which may lack FILE_FLAG_OVERLAPPED (only open_file() guarantees it).
+        """
+        kind = _k32.GetFileType(_handle(entry.fd))
+        if kind in (w.FileType.FILE_TYPE_PIPE, w.FileType.FILE_TYPE_CHAR):
+            entry.seekable = False  # _port asked lseek(), which knows CRT descriptors only
+            entry.native = False
+            return
+        if kind == w.FileType.FILE_TYPE_DISK:
+            raise ValueError(f"handle {entry.fd} is a file not opened by portio.open_file(): "
+                             "the iocp backend needs FILE_FLAG_OVERLAPPED; register the "
+                             "portio.File itself")
+        raise ValueError(f"handle {entry.fd} is not an open socket, file or pipe handle")
+
+    def _close_int_handle(self, fd: int) -> None:
+        # an int registered here is a HANDLE (a socket int is closed through its wrapper)
+        if not _k32.CloseHandle(_handle(fd)):
+            raise w.winerror_to_oserror(w.last_error())
 
     def _skip_on_success(self, entry: HandleEntry) -> bool:
         """Turn on FILE_SKIP_COMPLETION_PORT_ON_SUCCESS where it is safe; say whether it is."""
@@ -356,6 +383,8 @@ class IocpPort(PortBase):
         if status != _STATUS_SUCCESS:
             code = _ntdll.RtlNtStatusToDosError(ffi.cast("LONG", status))
             if not (op.kind == "recvfrom" and code == 234):  # ERROR_MORE_DATA: truncated datagram
+                if op.kind in ("send", "write"):
+                    op.sent += nbytes  # what went out before the failure or the cancel
                 self._fail(op, code)
                 return
         kind = op.kind

@@ -916,7 +916,12 @@ class PortBase(CompletionPort):
         elif hasattr(entry.obj, "close"):
             entry.obj.close()
         elif isinstance(entry.obj, int):
-            os.close(entry.obj)
+            self._close_int_handle(entry.fd)
+
+    def _close_int_handle(self, fd: int) -> None:
+        """Close a registered int that is not a socket (``close_handle``).  A backend whose
+        ints are not POSIX descriptors (iocp: HANDLEs) overrides this."""
+        os.close(fd)
 
     def _forget(self, entry: HandleEntry) -> None:
         """(lock held) Cancel every operation of ``entry`` and unregister it."""
@@ -981,6 +986,8 @@ def _is_closed_fd(fd: int) -> bool:
 
 
 def _is_seekable(fd: int) -> bool:
+    if os.name == "nt":
+        return False  # a HANDLE is not a CRT descriptor: lseek cannot tell (the backend does)
     try:
         os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:

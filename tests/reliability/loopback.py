@@ -92,19 +92,75 @@ def outcome_of(call: Callable[[], Any], limit: float = WAIT) -> BaseException | 
 
 
 def fd_count() -> int:
-    """Open descriptors of this process (Linux: /proc/self/fd)."""
+    """Open descriptors of this process (Linux: /proc/self/fd; Windows: open HANDLEs, from
+    GetProcessHandleCount, which Wine 8 answers with 0, so under Wine this checks nothing)."""
+    if sys.platform == "win32":
+        import ctypes
+        from ctypes import wintypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+        kernel32.GetProcessHandleCount.argtypes = [wintypes.HANDLE, ctypes.c_void_p]
+        count = wintypes.DWORD()
+        if not kernel32.GetProcessHandleCount(kernel32.GetCurrentProcess(), ctypes.byref(count)):
+            raise ctypes.WinError(ctypes.get_last_error())
+        return int(count.value)
     return len(os.listdir("/proc/self/fd"))
 
 
 def rss_bytes() -> int:
-    """Resident set size of this process (Linux: /proc/self/statm)."""
+    """Resident set size of this process (Linux: /proc/self/statm; Windows: the working set,
+    from GetProcessMemoryInfo)."""
     if sys.platform == "win32":
-        raise OSError("no /proc on Windows")
+        import ctypes
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):  # PROCESS_MEMORY_COUNTERS
+            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+                (name, ctypes.c_size_t) for name in (
+                    "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                    "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
+                    "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")]
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+        kernel32.K32GetProcessMemoryInfo.argtypes = [wintypes.HANDLE, ctypes.c_void_p,
+                                                     wintypes.DWORD]
+        counters = Counters(cb=ctypes.sizeof(Counters))
+        if not kernel32.K32GetProcessMemoryInfo(kernel32.GetCurrentProcess(),
+                                                ctypes.byref(counters), counters.cb):
+            raise ctypes.WinError(ctypes.get_last_error())
+        return int(counters.WorkingSetSize)
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-HAS_PROC = os.path.isdir("/proc/self/fd")
+#: Linux's /proc is there to count descriptors.  (Checked by platform too: under Wine,
+#: "/proc/self/fd" is Z:\proc\self\fd, the *Linux* /proc, which says nothing about Windows
+#: handles.)
+HAS_PROC = sys.platform == "linux" and os.path.isdir("/proc/self/fd")
+#: :func:`fd_count` and :func:`rss_bytes` work here.
+CAN_SAMPLE = HAS_PROC or sys.platform == "win32"
+
+
+def os_pipe() -> tuple[int, int]:
+    """A pipe as a port takes it: (read end, write end) descriptors on POSIX, HANDLEs on
+    Windows (portio's ints are HANDLEs there, while ``os.pipe()`` gives C runtime numbers)."""
+    if sys.platform == "win32":
+        import _winapi
+
+        return _winapi.CreatePipe(None, 0)
+    return os.pipe()
+
+
+def close_pipe_end(handle: int) -> None:
+    """Close one end returned by :func:`os_pipe`."""
+    if sys.platform == "win32":
+        import _winapi
+
+        _winapi.CloseHandle(handle)
+    else:
+        os.close(handle)
 
 
 @dataclass
@@ -116,7 +172,7 @@ class World:
     peer: socket.socket
     udp: socket.socket  # registered, bound
     file: portio.File  # registered, opened w+b
-    pipe_r: int  # registered read end of a pipe: no offsets
+    pipe_r: int  # registered read end of a pipe (a HANDLE on Windows): no offsets
     pipe_w: int
     loose: socket.socket  # never registered
     closed: socket.socket  # registered, then closed by close_handle
@@ -136,19 +192,19 @@ def open_world(port: portio.CompletionPort, directory: Path) -> Iterator[World]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     file = portio.open_file(directory / "world-file", "w+b")
-    pipe_r, pipe_w = os.pipe()
+    pipe_r, pipe_w = os_pipe()
     loose = socket.socket()
     closed = socket.socket()
-    for handle, key in ((tcp, "tcp"), (udp, "udp"), (file, "file"), (pipe_r, "pipe"),
-                        (closed, "closed"), (listener, "listener")):
-        port.register(handle, key)
-    port.close_handle(closed)
     world = World(port, tcp, peer, udp, file, pipe_r, pipe_w, loose, closed, listener)
     try:
+        for handle, key in ((tcp, "tcp"), (udp, "udp"), (file, "file"), (pipe_r, "pipe"),
+                            (closed, "closed"), (listener, "listener")):
+            port.register(handle, key)
+        port.close_handle(closed)
         yield world
     finally:
-        for sock in (tcp, peer, udp, loose, listener):
+        for sock in (tcp, peer, udp, loose, closed, listener):
             sock.close()
         file.close()
-        for fd in {pipe_r, pipe_w} - world.released:
-            os.close(fd)
+        for end in {pipe_r, pipe_w} - world.released:
+            close_pipe_end(end)

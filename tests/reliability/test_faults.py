@@ -26,7 +26,7 @@ import pytest
 import portio
 
 from .loopback import (
-    HAS_PROC,
+    CAN_SAMPLE,
     WAIT,
     assert_nothing_queued,
     complete,
@@ -205,35 +205,74 @@ def drain_rest(port: portio.CompletionPort, ours: socket.socket,
         rest += completion.result
 
 
+#: Delays for the races: ints are busy loop turns (0 to ~1 ms; they keep the GIL, so the
+#: other threads only run at the interpreter's switch interval), floats are sleeps (they let
+#: the poller and the sender thread run at once).
+DELAYS: tuple[float, ...] = (0, 10, 100, 1000, 10000, 0.0, 0.0002, 0.001)
+
+
+def pause(delay: float) -> None:
+    """Wait ``delay``, one of :data:`DELAYS`."""
+    if isinstance(delay, float):
+        time.sleep(delay)
+        return
+    for _ in range(delay):
+        pass
+
+
 def test_cancel_racing_data_loses_no_byte(
         port: portio.CompletionPort,
         stream_with_reaper: Reaped) -> None:
+    """Half the rounds send, then cancel; the other half send from another thread while this
+    one cancels, each after a delay from :data:`DELAYS`.  The first kind races a readiness
+    backend (selector): the bytes only count as received once the poller takes them.  It
+    cannot race a completion backend (iocp, io_uring), whose kernel fills the pending
+    receive during the send itself; only a send running alongside the cancel can lose."""
     (ours, peer), out = stream_with_reaper
     rounds = 3000
     rng = random.Random(7)
     received = bytearray()
     sent = bytearray()
     cancelled = delivered = 0
-    for i in range(rounds):
-        chunk = i.to_bytes(4, "big") * rng.randint(1, 8)
-        op = port.recv(ours, 1024)
-        peer.sendall(chunk)
-        sent += chunk
-        # Vary who wins, the poller or the cancel, over delays from nothing to ~1 ms.
-        for _ in range(rng.choice((0, 10, 100, 1000, 10000))):
-            pass
-        op.cancel()
-        completion = out.get(timeout=WAIT)
-        assert completion.op is op, completion
-        if completion.error is None:
-            assert completion.result, "EOF in the middle of the stream"
-            received += completion.result
-            delivered += 1
-        else:
-            assert isinstance(completion.error, portio.OperationCancelled), completion
-            assert completion.nbytes == 0
-            cancelled += 1
-            received += catch_up(port, ours, out)
+    to_send: queue.Queue[tuple[bytes, float] | None] = queue.Queue()
+    sent_one = threading.Semaphore(0)
+
+    def sender() -> None:
+        while (job := to_send.get()) is not None:
+            pause(job[1])
+            peer.sendall(job[0])
+            sent_one.release()
+
+    sending = threading.Thread(target=sender, daemon=True)
+    sending.start()
+    try:
+        for i in range(rounds):
+            chunk = i.to_bytes(4, "big") * rng.randint(1, 8)
+            op = port.recv(ours, 1024)
+            concurrent = rng.random() < 0.5
+            if concurrent:
+                to_send.put((chunk, rng.choice(DELAYS)))
+            else:
+                peer.sendall(chunk)
+            sent += chunk
+            pause(rng.choice(DELAYS))  # vary who wins, the data or the cancel
+            op.cancel()
+            completion = out.get(timeout=WAIT)
+            if concurrent:
+                assert sent_one.acquire(timeout=WAIT), "the sender thread stalled"
+            assert completion.op is op, completion
+            if completion.error is None:
+                assert completion.result, "EOF in the middle of the stream"
+                received += completion.result
+                delivered += 1
+            else:
+                assert isinstance(completion.error, portio.OperationCancelled), completion
+                assert completion.nbytes == 0
+                cancelled += 1
+                received += catch_up(port, ours, out)
+    finally:
+        to_send.put(None)
+        sending.join(WAIT)
     peer.shutdown(socket.SHUT_WR)
     received += drain_rest(port, ours, out)
     assert received == sent
@@ -345,7 +384,10 @@ EMFILE_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_NOFILE is POSIX")
+@pytest.mark.skipif(sys.platform == "win32",
+                    reason="RLIMIT_NOFILE is POSIX: Windows has no per-process descriptor limit "
+                           "to lower (sockets are bounded by memory), so accept cannot be "
+                           "starved this way")
 def test_accept_out_of_descriptors_reports_emfile_and_keeps_serving(backend: str) -> None:
     done = subprocess.run([sys.executable, "-c", EMFILE_CHILD, backend], capture_output=True,
                           text=True, timeout=60, check=False)
@@ -359,7 +401,7 @@ def test_accept_out_of_descriptors_reports_emfile_and_keeps_serving(backend: str
 
 
 # ---------------------------------------------------------------- a peer that never reads
-@pytest.mark.skipif(not HAS_PROC, reason="RSS is read from /proc (Linux)")
+@pytest.mark.skipif(not CAN_SAMPLE, reason="RSS is sampled on Linux (/proc) and Windows only")
 def test_peer_that_never_reads(port: portio.CompletionPort, tcp_pair: Pair) -> None:
     ours, peer = tcp_pair
     payload = os.urandom(BIG)

@@ -33,9 +33,10 @@ import pytest
 import portio
 
 from .echo_load import EchoServer, run_workers
-from .loopback import HAS_PROC, fd_count, rss_bytes
+from .loopback import CAN_SAMPLE, fd_count, rss_bytes
 
-pytestmark = pytest.mark.skipif(not HAS_PROC, reason="fd and RSS sampling read /proc (Linux)")
+pytestmark = pytest.mark.skipif(not CAN_SAMPLE,
+                                reason="descriptors and RSS are sampled on Linux and Windows only")
 
 CLIENT_SCRIPT = Path(__file__).with_name("echo_load.py")
 MIB = 1024 * 1024
@@ -56,7 +57,7 @@ def heap_size() -> tuple[int, int]:
 def raise_fd_limit(needed: int) -> int:
     """Raise the soft descriptor limit toward the hard one; return the soft limit now."""
     if sys.platform == "win32":
-        pytest.skip("descriptor limits are POSIX")
+        return needed  # Windows has no per-process limit on handles to raise
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -67,8 +68,9 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def run_echo_load(backend: str, connections: int, seconds: float,
-                  rss_baseline: int | None = None) -> dict[str, object]:
-    """Serve ``connections`` clients (run in a child process) for ``seconds``; return figures."""
+                  rss_baseline: int | None = None, check_growth: bool = True) -> dict[str, object]:
+    """Serve ``connections`` clients (run in a child process) for ``seconds``; return figures.
+    ``check_growth=False`` checks every byte but not the descriptor and memory bounds."""
     needed = connections + 256
     if raise_fd_limit(needed) < needed:
         pytest.skip(f"{connections} connections need {needed} descriptors; ulimit -n is lower")
@@ -123,6 +125,8 @@ def run_echo_load(backend: str, connections: int, seconds: float,
     round_trips = report["round_trips"]
     assert isinstance(round_trips, int) and round_trips >= connections  # every one did work
     assert report["bytes_verified"] == server.echoed  # every echoed byte was checked
+    if not check_growth:
+        return report
     assert fds_after == fds_before, f"descriptors leaked: {fds_before} -> {fds_after}"
     assert blocks_after - blocks_before <= BLOCKS_BOUND, report
     assert objects_after - objects_before <= OBJECTS_BOUND, report
@@ -132,6 +136,9 @@ def run_echo_load(backend: str, connections: int, seconds: float,
 
 
 def test_echo_load_short(backend: str) -> None:
+    # A process's first load warms caches that are no leak (lazy imports, cffi's parsed
+    # types: ~12,000 blocks under iocp, then ~300 per run); measure from the second.
+    run_echo_load(backend, connections=4, seconds=0.5, check_growth=False)
     run_echo_load(backend, connections=100, seconds=3)
 
 

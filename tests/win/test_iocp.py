@@ -7,6 +7,7 @@ Runs under a Windows interpreter only (natively, or under Wine via tools/wine-te
 from __future__ import annotations
 
 import ctypes
+import pathlib
 import socket
 import sys
 import threading
@@ -135,6 +136,38 @@ def test_a_handle_belongs_to_one_port_for_life(
         first.register(a)
         with pytest.raises(ValueError, match="another completion port"):
             second.register(a)
+
+
+def test_close_handle_closes_a_pipe_handle(port: IocpPort) -> None:
+    """An int registered here is a HANDLE: close_handle closes it with CloseHandle (os.close
+    would close whatever C runtime descriptor has that number)."""
+    import _winapi
+
+    r, w_end = _winapi.CreatePipe(None, 0)
+    try:
+        port.register(r)
+        port.close_handle(r)
+        with pytest.raises(OSError):
+            _winapi.CloseHandle(r)  # already closed
+    finally:
+        _winapi.CloseHandle(w_end)
+
+
+def test_invalid_and_non_overlapped_handles_are_refused_at_register(
+        port: IocpPort, tmp_path: pathlib.Path) -> None:
+    import _winapi
+    import msvcrt
+
+    r, w_end = _winapi.CreatePipe(None, 0)
+    _winapi.CloseHandle(r)
+    _winapi.CloseHandle(w_end)
+    with pytest.raises(ValueError, match="not an open"):
+        port.register(r)  # a HANDLE value just closed
+    with open(tmp_path / "plain", "w+b") as plain, \
+            pytest.raises(ValueError, match=r"portio\.open_file"):  # no FILE_FLAG_OVERLAPPED
+        port.register(msvcrt.get_osfhandle(plain.fileno()))
+    with portio.open_file(tmp_path / "overlapped", "w+b") as file:
+        port.register(file)  # the portio.File itself is the way
 
 
 def test_close_wakes_a_thread_blocked_in_the_kernel() -> None:

@@ -63,7 +63,7 @@ def test_layout_matches_headers(header_facts: list[list[str]]) -> None:
 
 def test_constants_match_headers(header_facts: list[list[str]]) -> None:
     known: dict[str, int] = {"INFINITE": w.INFINITE, "INVALID_HANDLE_VALUE": w.INVALID_HANDLE_VALUE}
-    for enum_cls in (w.Error, w.Access, w.Share, w.Disposition, w.FileFlags,
+    for enum_cls in (w.Error, w.Access, w.Share, w.Disposition, w.FileFlags, w.FileType,
                      w.CompletionModes, w.SockOpt, w.ServiceFlags):
         known.update({str(m.name): int(m) for m in enum_cls})
     mismatches, checked = [], 0
