@@ -65,6 +65,15 @@ Traps, and what this module does about them
 - *Refusal.*  Kernels can refuse io_uring at run time: ``ENOSYS`` (too old, or compiled out),
   ``EPERM`` (a seccomp filter, as container runtimes install, or ``kernel.io_uring_disabled``).
   :meth:`UringPort.probe` tries a real ring and a NOP round trip and says which.
+
+Measured (2 vCPUs, Linux 6.18, loopback, 100 connections x 64-byte ping-pong)
+---------------------------------------------------------------------------
+Deferring submission to the next poll cut io_uring_enter calls from one per operation to one
+per ~50 messages, and server CPU per message from ~20 to ~15 us in the same noisy runs.  What
+is left is mostly Python (the shared port machinery and this module: ~9 us of user time per
+message).  Multishot accept and provided-buffer multishot recv were not attempted: both hand
+the kernel data or connections when no operation is pending, which portio would then have to
+buffer per handle (and discard correctly on cancel and close_handle).
 """
 
 from __future__ import annotations
