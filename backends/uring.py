@@ -130,9 +130,14 @@ _UDATA_IGNORE = 0  # cancel requests, linked timeouts
 _UDATA_WAKE = 1  # the poller's wake-up NOP
 _CQE = struct.Struct("=QiI")  # pio_cqe: user_data, res, flags
 # Plain ints: IntFlag arithmetic on every send costs more than the rest of the call.
-_SEND_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_WAITALL)  # WAITALL: kernel retries short sends
-_SENDTO_FLAGS = int(socket.MSG_NOSIGNAL)
-_ACCEPT_FLAGS = int(socket.SOCK_CLOEXEC)
+if sys.platform == "linux":
+    _SEND_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_WAITALL)  # WAITALL: the kernel retries
+    _SENDTO_FLAGS = int(socket.MSG_NOSIGNAL)                     # short sends itself
+    _ACCEPT_FLAGS = int(socket.SOCK_CLOEXEC)
+    _AF_UNIX = int(socket.AF_UNIX)
+else:  # never used: the backend refuses to run off Linux (this keeps mypy --platform happy)
+    _SEND_FLAGS = _SENDTO_FLAGS = _ACCEPT_FLAGS = 0
+    _AF_UNIX = -1
 _QUEUE_ONLY, _SUBMIT, _DEFER = (
     (_lib.PIO_QUEUE_ONLY, _lib.PIO_SUBMIT, _lib.PIO_DEFER) if _lib is not None else (0, 1, 2))
 
@@ -261,7 +266,7 @@ def _encode_sockaddr(family: int, address: Any) -> bytes:
         scope_id = address[3] if len(address) > 3 else 0
         return (struct.pack("=H", family) + struct.pack("!HI", port, flowinfo)
                 + socket.inet_pton(family, host.split("%", 1)[0]) + struct.pack("=I", scope_id))
-    if family == socket.AF_UNIX:
+    if family == _AF_UNIX:
         path = os.fsencode(address)
         if path and path[0] != 0:
             path += b"\0"
@@ -281,7 +286,7 @@ def _decode_sockaddr(raw: bytes) -> Any:
         port, flowinfo = struct.unpack_from("!HI", raw, 2)
         (scope_id,) = struct.unpack_from("=I", raw, 24)
         return socket.inet_ntop(family, raw[8:24]), port, flowinfo, scope_id
-    if family == socket.AF_UNIX:
+    if family == _AF_UNIX:
         path = raw[2:]
         if path[:1] == b"\0":
             return path  # abstract namespace: bytes, as the socket module gives
