@@ -152,7 +152,10 @@ class StreamMachine(RuleBasedStateMachine):
     @invariant()
     def bytes_in_order_nothing_invented(self) -> None:
         assert self.peer_sent.startswith(self.received_stream())
-        assert self.sent_stream().startswith(self.peer_received)
+        # A send that finished but is not dequeued yet may have been cut short: how much it
+        # sent is only known from its completion, so the outgoing side waits for it.
+        if not any(op.done and op not in self.results for op, _ in self.sends):
+            assert self.sent_stream().startswith(self.peer_received)
 
     @invariant()
     def posts_in_order_exactly_once(self) -> None:
