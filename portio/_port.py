@@ -41,6 +41,7 @@ import itertools
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -56,6 +57,8 @@ OperationKind = Literal["accept", "connect", "recv", "send", "recvfrom", "sendto
 #: Largest transfer one operation accepts: Linux caps a single read/write at this many bytes
 #: (0x7ffff000), and using one limit everywhere keeps the contract the same on every backend.
 MAX_IO_SIZE = 0x7FFFF000
+#: How often a thread held back by the concurrency cap looks for running threads that ended.
+_CAP_RECHECK = 0.5
 #: ``post(nbytes=)`` is a DWORD on Windows.
 MAX_POST_NBYTES = 0xFFFFFFFF
 
@@ -452,6 +455,12 @@ def _resolve_address(sock: socket.socket, address: Any, what: str) -> Any:
 
 
 def _default_concurrency() -> int:
+    """The CPUs this process may run on (its affinity mask), not the machine's: a server pinned
+    to one CPU gains nothing from releasing two threads at once, it only trades the GIL."""
+    if sys.version_info >= (3, 13):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
 
 
@@ -753,6 +762,11 @@ class PortBase(CompletionPort):
         return True
 
     def _wake_one(self, wants: str) -> None:
+        if wants == "get" and len(self._active) >= self._concurrency:
+            return  # at the cap nobody may be released: a running thread takes it next
+        if self._polling and self._poller_wants == wants \
+                and self._poller_ident == threading.get_ident():
+            return  # the poller produced it and takes it itself (_take passes on the rest)
         for waiter in reversed(self._waiters):  # LIFO: the most recent waiter first
             if waiter.wants == wants and not waiter.notified:
                 waiter.notified = True
@@ -862,31 +876,51 @@ class PortBase(CompletionPort):
 
     def _wait_until(self, ready: Callable[[], bool], wants: str, deadline: float) -> bool:
         """(lock held) Wait until ``ready()``; False at ``deadline``.  Polls the OS when no
-        other thread does, else sleeps on its own condition (LIFO)."""
+        other thread does, else sleeps on its own condition, keeping its place in the LIFO
+        stack of waiters until it leaves."""
+        waiter: _Waiter | None = None
+        took = False
         try:
             while True:
                 self._check_open()
                 if ready():
+                    took = True
                     return True
                 now = time.monotonic()
                 if now >= deadline:
                     return False
-                if not self._polling:
+                # A thread the cap holds back does not even poll: what it reaped it could not
+                # take, and the running thread polls itself when it next finds nothing queued.
+                capped = wants == "get" and len(self._active) >= self._concurrency
+                if not self._polling and not capped:
+                    if waiter is not None:  # a poller is woken through the OS, not a condition
+                        self._waiters.remove(waiter)
+                        waiter = None
                     self._poll_once(wants, min(deadline, self._next_deadline()), now)
                     continue
-                waiter = _Waiter(self._lock, wants)
-                self._waiters.append(waiter)
-                try:
-                    waiter.cond.wait(None if deadline == math.inf else deadline - now)
-                finally:
-                    self._waiters.remove(waiter)
+                if waiter is None:
+                    waiter = _Waiter(self._lock, wants)
+                    self._waiters.append(waiter)
+                waiter.notified = False
+                wait = deadline - now
+                if capped:
+                    # Nobody wakes a thread the cap holds back when a running thread ends
+                    # instead of calling get again: so look again now and then.
+                    wait = min(wait, _CAP_RECHECK)
+                waiter.cond.wait(None if wait == math.inf else wait)
         finally:
-            # Leaving: if nobody polls now, the most recent waiter takes the poller role.
+            if waiter is not None:
+                self._waiters.remove(waiter)
+            # Leaving: if nobody polls now, the most recent waiter that may run takes the
+            # poller role (a get waiter only below the cap, counting this thread if it took).
             if not self._polling and self._waiters and not self._closed:
-                top = self._waiters[-1]
-                if not top.notified:
-                    top.notified = True
-                    top.cond.notify()
+                running = len(self._active) + (took and wants == "get")
+                for other in reversed(self._waiters):
+                    if other.wants == "dispatch" or running < self._concurrency:
+                        if not other.notified:
+                            other.notified = True
+                            other.cond.notify()
+                        break
 
     def _poll_once(self, wants: str, until: float, now: float) -> None:
         self._polling = True

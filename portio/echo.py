@@ -374,12 +374,15 @@ def serve(args: argparse.Namespace) -> int:
     stop.install()
     if args.workers > 1:
         return _supervise(args, stop)
-    threads = 1 if args.model == "routine" else (args.threads or os.cpu_count() or 1)
     try:
-        port = portio.open_port(args.backend, concurrency=threads)
+        # Concurrency 0, as the classic server's CreateIoCompletionPort(..., 0): the port runs
+        # one thread per CPU this process may use, however many workers wait on it; more
+        # workers than that only stand by (a worker blocked elsewhere lets another run).
+        port = portio.open_port(args.backend)
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
+    threads = 1 if args.model == "routine" else (args.threads or port.concurrency)
     try:
         listener = open_listener(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as exc:

@@ -74,9 +74,13 @@ def test_port_properties(backend: str) -> None:
     port.close()  # idempotent
 
 
-def test_concurrency_zero_means_one_per_cpu(backend: str) -> None:
+def test_concurrency_zero_means_one_per_usable_cpu(backend: str) -> None:
+    if hasattr(os, "sched_getaffinity"):
+        usable = len(os.sched_getaffinity(0))
+    else:
+        usable = os.cpu_count() or 1
     with portio.open_port(backend) as port:
-        assert port.concurrency == (os.cpu_count() or 1)
+        assert port.concurrency == usable
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "2", True])

@@ -164,6 +164,29 @@ def test_a_thread_that_ended_frees_its_slot(backend: str) -> None:
         assert got == ["second"]
 
 
+def test_a_waiter_held_by_the_cap_runs_once_the_running_thread_ends(backend: str) -> None:
+    with portio.open_port(backend, concurrency=1) as port:
+        port.post("first")
+        running_may_end = threading.Event()
+
+        def running() -> None:
+            port.get(timeout=WAIT)
+            running_may_end.wait(WAIT)  # holds the only slot, then ends without calling get
+
+        first = threading.Thread(target=running)
+        first.start()
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(port.get(timeout=WAIT).key))
+        waiter.start()
+        port.post("second")
+        time.sleep(0.2)
+        assert got == []  # held back by the cap
+        running_may_end.set()
+        first.join(WAIT)
+        waiter.join(WAIT)
+        assert got == ["second"]
+
+
 def test_waiting_threads_are_released_lifo(backend: str) -> None:
     with portio.open_port(backend, concurrency=8) as port:
         order: list[int] = []
