@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import importlib
 import os
-import resource
 import socket
 import sys
 import threading
@@ -74,6 +73,8 @@ def _drain(port: portio.CompletionPort, count: int) -> list[portio.Completion]:
 
 @pytest.fixture(autouse=True)
 def _more_fds() -> None:
+    import resource  # POSIX only: imported after the module-level skip for other platforms
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 8192 <= hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
