@@ -126,7 +126,7 @@ _FLUSH_DELAY_US = 500
 #: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
 _CANCEL_WAIT = 0.5
 
-_UDATA_IGNORE = 0  # cancel requests, linked timeouts
+_UDATA_IGNORE = 0  # the CQEs of cancel requests
 _UDATA_WAKE = 1  # the poller's wake-up NOP
 _CQE = struct.Struct("=QiI")  # pio_cqe: user_data, res, flags
 # Plain ints: IntFlag arithmetic on every send costs more than the rest of the call.

@@ -11,9 +11,9 @@
  *     the CQ head is published with a RELEASE store after we copied them.
  *   - sq_flags (IORING_SQ_CQ_OVERFLOW) is read with ACQUIRE.
  *
- * Locking is the caller's job: pio_queue() calls are serialised by the
+ * Locking is the caller's job: pio_push() calls are serialised by the
  * Python side's SQ lock; pio_reap() has exactly one caller at a time (the
- * polling thread). pio_enter() may run concurrently with pio_queue(): it
+ * polling thread). pio_enter() may run concurrently with pio_push(): it
  * only reads the published tail, and the kernel serialises submission.
  */
 #ifndef _GNU_SOURCE
@@ -67,10 +67,6 @@ typedef struct {
     struct io_uring_cqe *cqes;
     void *sq_ptr, *cq_ptr;
     size_t sq_sz, cq_sz, sqes_sz;
-    /* Linked-timeout timespecs, one per SQ slot: the kernel copies a
-     * timespec when it consumes the SQE, so a slot's value only has to
-     * live until the slot is reused. */
-    struct __kernel_timespec *ts;
     struct __kernel_timespec wait_ts;  /* for the fallback timed wait */
     /* The flusher thread (see pio_defer()): plain C, so it never needs the GIL. */
     pthread_t flusher;
@@ -88,20 +84,6 @@ struct pio_msg {
     uint32_t addrlen;
     char addr[128];
 };
-
-typedef struct {
-    uint8_t  opcode;
-    uint8_t  flags;
-    uint16_t buf_group;
-    int32_t  fd;
-    uint64_t addr;
-    uint32_t len;
-    uint32_t op_flags;
-    uint64_t off;
-    uint64_t user_data;
-    uint16_t ioprio;
-    int64_t  timeout_ns;
-} pio_sqe_desc;
 
 typedef struct {
     uint64_t user_data;
@@ -136,11 +118,8 @@ static void unmap_all(pio_ring *r)
         munmap(r->cq_ptr, r->cq_sz);
     if (r->sq_ptr && r->sq_ptr != MAP_FAILED)
         munmap(r->sq_ptr, r->sq_sz);
-    if (r->ts && (void *)r->ts != MAP_FAILED)
-        munmap(r->ts, sizeof(*r->ts) * r->sq_entries);
     r->sqes = NULL;
     r->cq_ptr = r->sq_ptr = NULL;
-    r->ts = NULL;
 }
 
 /* Optional setup flags, dropped in this order when the kernel says EINVAL. */
@@ -208,10 +187,6 @@ int pio_setup(pio_ring *r, unsigned sq_entries, unsigned cq_entries, unsigned fl
     r->sqes = mmap(NULL, r->sqes_sz, PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
     if (r->sqes == MAP_FAILED)
-        goto fail;
-    r->ts = mmap(NULL, sizeof(*r->ts) * p.sq_entries, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if ((void *)r->ts == MAP_FAILED)
         goto fail;
 
     r->sq_khead = (unsigned *)((char *)r->sq_ptr + p.sq_off.head);
@@ -286,66 +261,27 @@ static struct io_uring_sqe *next_sqe(pio_ring *r, unsigned *tail)
     return sqe;
 }
 
-int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n)
-{
-    unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
-    unsigned tail = r->sq_tail;
-    int i;
-
-    for (i = 0; i < n; i++) {
-        const pio_sqe_desc *d = &descs[i];
-        unsigned need = d->timeout_ns > 0 ? 2 : 1;
-        struct io_uring_sqe *sqe;
-
-        if (r->sq_entries - (tail - head) < need)
-            break;
-        sqe = next_sqe(r, &tail);
-        sqe->opcode = d->opcode;
-        sqe->flags = d->flags;
-        sqe->ioprio = d->ioprio;
-        sqe->fd = d->fd;
-        sqe->addr = d->addr;
-        sqe->len = d->len;
-        sqe->msg_flags = d->op_flags;   /* the union: rw/accept/cancel/timeout flags */
-        sqe->off = d->off;
-        sqe->user_data = d->user_data;
-        sqe->buf_group = d->buf_group;
-        if (d->timeout_ns > 0) {
-            struct __kernel_timespec *ts = &r->ts[tail & r->sq_mask];
-            sqe->flags |= IOSQE_IO_LINK;
-            ns_to_ts(ts, d->timeout_ns);
-            sqe = next_sqe(r, &tail);
-            sqe->opcode = IORING_OP_LINK_TIMEOUT;
-            sqe->fd = -1;
-            sqe->addr = (uint64_t)(uintptr_t)ts;
-            sqe->len = 1;
-            sqe->user_data = 0;   /* Python ignores user_data 0 */
-        }
-    }
-    /* Publish the SQEs: everything written above happens-before the tail. */
-    __atomic_store_n(r->sq_ktail, tail, __ATOMIC_RELEASE);
-    r->sq_tail = tail;
-    return i;
-}
-
 int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t addr,
              uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data, int mode)
 {
-    pio_sqe_desc d;
+    unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    unsigned tail = r->sq_tail;
+    struct io_uring_sqe *sqe;
 
-    d.opcode = opcode;
-    d.flags = flags;
-    d.buf_group = 0;
-    d.fd = fd;
-    d.addr = addr;
-    d.len = len;
-    d.op_flags = op_flags;
-    d.off = off;
-    d.user_data = user_data;
-    d.ioprio = 0;
-    d.timeout_ns = 0;
-    if (!pio_queue(r, &d, 1))
-        return 0;
+    if (r->sq_entries - (tail - head) < 1)
+        return 0;   /* SQ full: the caller keeps it in its backlog */
+    sqe = next_sqe(r, &tail);
+    sqe->opcode = opcode;
+    sqe->flags = flags;
+    sqe->fd = fd;
+    sqe->addr = addr;
+    sqe->len = len;
+    sqe->msg_flags = op_flags;   /* the union: rw/accept/cancel/timeout flags */
+    sqe->off = off;
+    sqe->user_data = user_data;
+    /* Publish the SQE: everything written above happens-before the tail. */
+    __atomic_store_n(r->sq_ktail, tail, __ATOMIC_RELEASE);
+    r->sq_tail = tail;
     /* One call from Python does it all: the hot path pays one GIL round trip. */
     if (mode == PIO_DEFER && pio_defer(r, r->flush_delay_us) == 0)
         return 1;

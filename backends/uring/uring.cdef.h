@@ -5,21 +5,6 @@
  * itself is the check that these declarations match the headers.
  */
 
-/* One operation for the submission queue, in a compact form. */
-typedef struct {
-    uint8_t  opcode;      /* IORING_OP_* */
-    uint8_t  flags;       /* IOSQE_* */
-    uint16_t buf_group;   /* for IOSQE_BUFFER_SELECT */
-    int32_t  fd;
-    uint64_t addr;        /* buffer, sockaddr, msghdr or target user_data */
-    uint32_t len;
-    uint32_t op_flags;    /* msg_flags, accept_flags, cancel_flags... */
-    uint64_t off;         /* file offset, or addr2 (socklen_t * for accept) */
-    uint64_t user_data;
-    uint16_t ioprio;      /* e.g. IORING_ACCEPT_MULTISHOT, IORING_RECV_MULTISHOT */
-    int64_t  timeout_ns;  /* > 0: follow with an IORING_OP_LINK_TIMEOUT */
-} pio_sqe_desc;
-
 /* One completion as handed to Python. */
 typedef struct {
     uint64_t user_data;
@@ -50,12 +35,8 @@ unsigned pio_sq_space(pio_ring *r);
 /* SQEs queued but not yet taken by the kernel. */
 unsigned pio_sq_ready(pio_ring *r);
 
-/* Queue up to n descriptions; returns how many fitted (the caller keeps
- * the rest). Nothing is submitted. */
-int pio_queue(pio_ring *r, const pio_sqe_desc *descs, int n);
-
-/* pio_queue() of one operation passed as plain arguments (the common case,
- * cheaper to call from Python than filling a struct), then per mode:
+/* Queue one operation, passed as plain arguments (cheaper to call from
+ * Python than filling a struct), then per mode:
  * PIO_QUEUE_ONLY, PIO_SUBMIT (pio_enter(r, 0, 0)) or PIO_DEFER (pio_defer()
  * with r->flush_delay_us; submits now if the flusher cannot start).
  * Returns 1, or 0 if the SQ is full (nothing done). */
@@ -117,19 +98,14 @@ int pio_probe_ops(pio_ring *r, uint8_t *supported, int n);
 #define IORING_OP_ACCEPT ...
 #define IORING_OP_CONNECT ...
 #define IORING_OP_ASYNC_CANCEL ...
-#define IORING_OP_LINK_TIMEOUT ...
 #define IORING_OP_TIMEOUT ...
 #define IORING_OP_LAST ...
 
-#define IOSQE_IO_LINK ...
-#define IOSQE_BUFFER_SELECT ...
 #define IOSQE_CQE_SKIP_SUCCESS ...
 
 #define IORING_CQE_F_BUFFER ...
 #define IORING_CQE_F_MORE ...
 #define IORING_CQE_BUFFER_SHIFT ...
-#define IORING_ACCEPT_MULTISHOT ...
-#define IORING_RECV_MULTISHOT ...
 #define IORING_ASYNC_CANCEL_ALL ...
 #define IORING_ASYNC_CANCEL_FD ...
 
