@@ -173,29 +173,26 @@ def test_sq_full_keeps_operations_in_user_space_and_in_order(
     assert port.ring_info["backlog"] == 0
 
 
-def test_sq_full_at_the_c_level_returns_how_many_fitted() -> None:
+def test_sq_full_at_the_c_level_refuses_what_does_not_fit() -> None:
     ffi, lib = uring._ffi, uring._lib
     ring, err = uring._open_ring(8, 16, 0)
     assert ring is not None, os.strerror(err)
+
+    def push_nops(first: int, count: int) -> int:
+        return sum(lib.pio_push(ring, lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, first + i,
+                                lib.PIO_QUEUE_ONLY) for i in range(count))
+
     try:
-        descs = ffi.new("pio_sqe_desc[20]")
-        for i in range(20):
-            descs[i].opcode = lib.IORING_OP_NOP
-            descs[i].fd = -1
-            descs[i].user_data = 100 + i
         assert lib.pio_sq_space(ring) == 8
-        assert lib.pio_queue(ring, descs, 20) == 8  # the rest is the caller's to keep
+        assert push_nops(100, 12) == 8  # the rest is the caller's to keep
         assert lib.pio_sq_space(ring) == 0
         assert lib.pio_enter(ring, 8, 1_000_000_000) == 8
-        assert lib.pio_queue(ring, descs + 8, 12) == 8
+        assert push_nops(108, 12) == 8
         assert lib.pio_enter(ring, 0, 0) == 8
         cqes = ffi.new("pio_cqe[32]")
         time.sleep(0.01)
         n = lib.pio_reap(ring, cqes, 32)
         assert sorted(cqes[i].user_data for i in range(n)) == list(range(100, 116))
-        # A linked timeout takes two slots.
-        descs[0].timeout_ns = 10**9
-        assert lib.pio_queue(ring, descs, 8) == 7
     finally:
         lib.pio_teardown(ring)
 

@@ -429,17 +429,9 @@ int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count)
      * carries PIO_UDATA_INTERNAL and is dropped by pio_reap(). Only the
      * polling thread calls this, right before pio_enter(), so wait_ts is
      * consumed by the kernel before it is written again. */
-    pio_sqe_desc d;
-
-    memset(&d, 0, sizeof(d));
     ns_to_ts(&r->wait_ts, timeout_ns);
-    d.opcode = IORING_OP_TIMEOUT;
-    d.fd = -1;
-    d.addr = (uint64_t)(uintptr_t)&r->wait_ts;
-    d.len = 1;
-    d.off = count;
-    d.user_data = PIO_UDATA_INTERNAL;
-    return pio_queue(r, &d, 1);
+    return pio_push(r, IORING_OP_TIMEOUT, 0, -1, (uint64_t)(uintptr_t)&r->wait_ts, 1, 0,
+                    count, PIO_UDATA_INTERNAL, PIO_QUEUE_ONLY);
 }
 
 unsigned pio_cq_ready(pio_ring *r)
