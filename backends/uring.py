@@ -436,12 +436,8 @@ class UringPort(PortBase):
                                   int(ffi.cast("uintptr_t", ffi.addressof(msg, "addrlen"))),
                                   inf.uid))
         elif kind == "connect":
-            try:
-                raw = _encode_sockaddr(op.entry.family or 0, op.address)
-            except (OSError, ValueError) as exc:
-                self._finish(op, None, 0, exc if isinstance(exc, OSError)
-                             else OSError(errno.EINVAL, str(exc)))
-                return
+            # An address that cannot be encoded raises: PortBase makes that the completion.
+            raw = _encode_sockaddr(op.entry.family or 0, op.address)
             msg = ffi.new("struct pio_msg *")
             ffi.memmove(msg.addr, raw, len(raw))
             inf = self._track(op, None, msg)
@@ -450,12 +446,7 @@ class UringPort(PortBase):
         elif kind in {"recvfrom", "sendto"}:
             raw = b""
             if kind == "sendto":
-                try:
-                    raw = _encode_sockaddr(op.entry.family or 0, op.address)
-                except (OSError, ValueError) as exc:
-                    self._finish(op, None, 0, exc if isinstance(exc, OSError)
-                                 else OSError(errno.EINVAL, str(exc)))
-                    return
+                raw = _encode_sockaddr(op.entry.family or 0, op.address)
                 buf = ffi.from_buffer(op.buffer)
             else:
                 buf = ffi.from_buffer(op.buffer, require_writable=True)
