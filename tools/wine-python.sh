@@ -120,8 +120,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$PKGS" ]; then
 fi
 
 # ---------------------------------------------------------------- 5. Wine prefix
-if [ ! -f "$TARGET/prefix/.booted" ]; then
-    say "wineboot (new prefix $TARGET/prefix)"
+boot_prefix() {
     (
         export WINEPREFIX="$TARGET/prefix" WINEDEBUG=-all WINEARCH=win64 \
                WINEDLLOVERRIDES="winemenubuilder.exe=d;mscoree=;mshtml="
@@ -129,12 +128,26 @@ if [ ! -f "$TARGET/prefix/.booted" ]; then
         for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
         exec </dev/null >/dev/null 2>&1
         "$WINESERVER" -k || true
-        "$WINE" wineboot -i
-        "$WINE" winecfg -v win10       # the default is "Windows 7"
-        "$WINESERVER" -w               # flush the registry to disk
+        # chained: set -e does not apply inside the "if boot_prefix" below
+        "$WINE" wineboot -i &&
+            "$WINE" winecfg -v win10 &&    # the default is "Windows 7"
+            "$WINESERVER" -w               # flush the registry to disk
     )
-    touch "$TARGET/prefix/.booted"
-fi
+}
+# Retried on a fresh prefix: a first boot failed once here (exit 1, nothing printed) and
+# passed when run again, so one transient failure must not fail CI on a new machine.
+for try in 1 2 3; do
+    [ -f "$TARGET/prefix/.booted" ] && break
+    say "wineboot (new prefix $TARGET/prefix, attempt $try)"
+    rm -rf "$TARGET/prefix"
+    if boot_prefix; then
+        touch "$TARGET/prefix/.booted"
+    else
+        say "wineboot failed (status $?)"
+        sleep 2
+    fi
+done
+[ -f "$TARGET/prefix/.booted" ] || { echo "wine-python: could not boot a Wine prefix" >&2; exit 1; }
 
 # ---------------------------------------------------------------- 6. smoke check
 # (retried: a wineserver that a previous run is still stopping can make the first start fail)
