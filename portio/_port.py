@@ -679,20 +679,8 @@ class PortBase(CompletionPort):
 
     def _enqueue(self, queue: deque[Operation], op: Operation) -> None:
         queue.append(op)
-        if len(queue) == 1:
-            if self._starting:
-                self._start_later.append(queue)
-                return
-            # The common case, nothing ahead of it: start it here, then let _start_head
-            # start whatever its completion unblocked.
-            self._starting = True
-            try:
-                op._started = True
-                self._start_safely(op)
-            finally:
-                self._starting = False
-            if self._start_later:
-                self._start_head(self._start_later.pop())
+        if len(queue) == 1:  # nothing ahead of it in its direction
+            self._start_head(queue)
 
     def _start_head(self, queue: deque[Operation]) -> None:
         # An operation that finishes inside _start starts the next one from _finish; doing that
