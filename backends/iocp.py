@@ -62,6 +62,7 @@ import sys
 import time
 from typing import Any, ClassVar
 
+from portio import _sockaddr as _sockaddr_bytes
 from portio._port import HandleEntry, Operation, PortBase
 from portio.errors import BackendUnavailable, OperationCancelled
 
@@ -105,42 +106,14 @@ def _ov_key(ov: Any) -> int:
 
 
 def _sockaddr(family: int, address: Any) -> tuple[Any, int]:
-    """A cdata sockaddr for a numeric ``address`` of ``family``, and its length."""
-    if family == socket.AF_INET:
-        sin = ffi.new("struct sockaddr_in *")
-        sin.sin_family = socket.AF_INET
-        sin.sin_port = socket.htons(address[1])
-        ffi.memmove(ffi.addressof(sin, "sin_addr"), socket.inet_pton(socket.AF_INET, address[0]), 4)
-        return sin, ffi.sizeof("struct sockaddr_in")
-    if family == socket.AF_INET6:
-        sin6 = ffi.new("struct sockaddr_in6 *")
-        sin6.sin6_family = socket.AF_INET6
-        sin6.sin6_port = socket.htons(address[1])
-        if len(address) >= 4:
-            sin6.sin6_flowinfo = socket.htonl(address[2])
-            sin6.sin6_scope_id = address[3]
-        host = address[0].split("%", 1)[0]
-        ffi.memmove(ffi.addressof(sin6, "sin6_addr"), socket.inet_pton(socket.AF_INET6, host), 16)
-        return sin6, ffi.sizeof("struct sockaddr_in6")
-    raise OSError(None, f"address family {family} is not supported by the iocp backend", None,
-                  10047)  # WSAEAFNOSUPPORT
+    """A cdata ``struct sockaddr`` for a numeric ``address`` of ``family``, and its length."""
+    raw = _sockaddr_bytes.encode(family, address)
+    return ffi.new("char[]", raw), len(raw)
 
 
-def _address(sa: Any) -> Any:
-    """Decode a ``struct sockaddr *`` into the tuple Python's socket module uses."""
-    family = sa.sa_family
-    if family == socket.AF_INET:
-        sin = ffi.cast("struct sockaddr_in *", sa)
-        raw = bytes(ffi.buffer(ffi.addressof(sin, "sin_addr"), 4))
-        host = socket.inet_ntop(socket.AF_INET, raw)
-        return host, socket.ntohs(sin.sin_port)
-    if family == socket.AF_INET6:
-        sin6 = ffi.cast("struct sockaddr_in6 *", sa)
-        raw = bytes(ffi.buffer(ffi.addressof(sin6, "sin6_addr"), 16))
-        host = socket.inet_ntop(socket.AF_INET6, raw)
-        return host, socket.ntohs(sin6.sin6_port), socket.ntohl(sin6.sin6_flowinfo), \
-            sin6.sin6_scope_id
-    return None
+def _address(sa: Any, length: int) -> Any:
+    """Decode ``length`` bytes of a ``struct sockaddr *`` into a ``socket``-module address."""
+    return _sockaddr_bytes.decode(bytes(ffi.buffer(sa, length)))
 
 
 class _Native:
@@ -403,7 +376,7 @@ class IocpPort(PortBase):
                 else:
                     self._start(op)  # short send: submit the rest under the same Operation
             elif kind == "recvfrom":
-                address = _address(ffi.cast("struct sockaddr *", n.addr))
+                address = _address(n.addr, n.addrlen[0])
                 self._finish(op, (op.recv_result(nbytes), address), nbytes)
             elif kind == "sendto":
                 self._finish(op, nbytes, nbytes)
@@ -432,7 +405,7 @@ class IocpPort(PortBase):
             remote, remote_len = ffi.new("struct sockaddr **"), ffi.new("INT *")
             getsockaddrs(n.bufref, 0, _ACCEPT_ADDRLEN, _ACCEPT_ADDRLEN, local, local_len,
                          remote, remote_len)
-            address = _address(remote[0])
+            address = _address(remote[0], remote_len[0])
         except OSError:
             conn.close()
             raise

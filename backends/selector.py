@@ -42,7 +42,7 @@ import sys
 import threading
 
 from portio._port import HandleEntry, Operation, PortBase
-from portio.errors import BackendUnavailable
+from portio.errors import BackendUnavailable, error_from_errno
 
 __all__ = ["SelectorPort"]
 
@@ -150,7 +150,7 @@ class SelectorPort(PortBase):
         if code in _CONNECT_IN_PROGRESS:
             return False
         if code:
-            return self._finish(op, None, 0, OSError(code, os.strerror(code)))
+            return self._finish(op, None, 0, error_from_errno(code))
         return self._finish(op, None, 0)
 
     def _file_io(self, op: Operation) -> None:

@@ -89,6 +89,7 @@ import time
 from collections import deque
 from typing import Any
 
+from portio import _sockaddr
 from portio._port import HandleEntry, Operation, PortBase
 from portio.errors import BackendUnavailable, error_from_errno
 
@@ -134,10 +135,8 @@ if sys.platform == "linux":
     _SEND_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_WAITALL)  # WAITALL: the kernel retries
     _SENDTO_FLAGS = int(socket.MSG_NOSIGNAL)                     # short sends itself
     _ACCEPT_FLAGS = int(socket.SOCK_CLOEXEC)
-    _AF_UNIX = int(socket.AF_UNIX)
 else:  # never used: the backend refuses to run off Linux (this keeps mypy --platform happy)
     _SEND_FLAGS = _SENDTO_FLAGS = _ACCEPT_FLAGS = 0
-    _AF_UNIX = -1
 _QUEUE_ONLY, _SUBMIT, _DEFER = (
     (_lib.PIO_QUEUE_ONLY, _lib.PIO_SUBMIT, _lib.PIO_DEFER) if _lib is not None else (0, 1, 2))
 
@@ -252,46 +251,6 @@ def ring_features() -> dict[str, Any]:
     finally:
         lib.pio_teardown(ring)
     return info
-
-
-def _encode_sockaddr(family: int, address: Any) -> bytes:
-    """``struct sockaddr_*`` bytes for an already-resolved numeric address."""
-    if family == socket.AF_INET:
-        host, port = address[0], address[1]
-        return (struct.pack("=H", family) + struct.pack("!H", port)
-                + socket.inet_pton(family, host) + bytes(8))
-    if family == socket.AF_INET6:
-        host, port = address[0], address[1]
-        flowinfo = address[2] if len(address) > 2 else 0
-        scope_id = address[3] if len(address) > 3 else 0
-        return (struct.pack("=H", family) + struct.pack("!HI", port, flowinfo)
-                + socket.inet_pton(family, host.split("%", 1)[0]) + struct.pack("=I", scope_id))
-    if family == _AF_UNIX:
-        path = os.fsencode(address)
-        if path and path[0] != 0:
-            path += b"\0"
-        return struct.pack("=H", family) + path
-    raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not supported by io_uring")
-
-
-def _decode_sockaddr(raw: bytes) -> Any:
-    """The Python address tuple (or path) for ``struct sockaddr_*`` bytes."""
-    if len(raw) < 2:
-        return ""
-    (family,) = struct.unpack_from("=H", raw)
-    if family == socket.AF_INET:
-        (port,) = struct.unpack_from("!H", raw, 2)
-        return socket.inet_ntop(family, raw[4:8]), port
-    if family == socket.AF_INET6:
-        port, flowinfo = struct.unpack_from("!HI", raw, 2)
-        (scope_id,) = struct.unpack_from("=I", raw, 24)
-        return socket.inet_ntop(family, raw[8:24]), port, flowinfo, scope_id
-    if family == _AF_UNIX:
-        path = raw[2:]
-        if path[:1] == b"\0":
-            return path  # abstract namespace: bytes, as the socket module gives
-        return os.fsdecode(path.split(b"\0", 1)[0])
-    return raw
 
 
 class _Inflight:
@@ -437,7 +396,7 @@ class UringPort(PortBase):
                                   inf.uid))
         elif kind == "connect":
             # An address that cannot be encoded raises: PortBase makes that the completion.
-            raw = _encode_sockaddr(op.entry.family or 0, op.address)
+            raw = _sockaddr.encode(op.entry.family or 0, op.address)
             msg = ffi.new("struct pio_msg *")
             ffi.memmove(msg.addr, raw, len(raw))
             inf = self._track(op, None, msg)
@@ -446,7 +405,7 @@ class UringPort(PortBase):
         elif kind in {"recvfrom", "sendto"}:
             raw = b""
             if kind == "sendto":
-                raw = _encode_sockaddr(op.entry.family or 0, op.address)
+                raw = _sockaddr.encode(op.entry.family or 0, op.address)
                 buf = ffi.from_buffer(op.buffer)
             else:
                 buf = ffi.from_buffer(op.buffer, require_writable=True)
@@ -602,7 +561,7 @@ class UringPort(PortBase):
             assert entry.sock is not None
             try:
                 msg = inf.msg
-                address = _decode_sockaddr(bytes(_ffi.buffer(msg.addr, min(msg.addrlen, 128))))
+                address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, min(msg.addrlen, 128))))
                 conn = socket.socket(entry.family or socket.AF_INET,
                                      entry.type or socket.SOCK_STREAM, entry.sock.proto,
                                      fileno=res)
@@ -616,7 +575,7 @@ class UringPort(PortBase):
         elif kind == "recvfrom":
             msg = inf.msg
             namelen = min(_lib.pio_msg_namelen(msg), 128)
-            address = _decode_sockaddr(bytes(_ffi.buffer(msg.addr, namelen)))
+            address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, namelen)))
             self._finish(op, (op.recv_result(res), address), res)
         else:  # sendto
             self._finish(op, res, res)
