@@ -45,16 +45,17 @@ Traps, and what this module does about them
   ``-EAGAIN`` meanwhile; SQEs that do not fit wait in ``self._backlog`` (user space) and are
   retried after the next reap.
 - *One consumer, many producers.* Any thread may start an operation, so SQEs are written under
-  ``self._sq_lock``. When no other thread sits in ``io_uring_enter``, the SQE is left for the
-  next poll, which submits the whole batch with its wait in one syscall; a thread that starts an
-  operation and then blocks elsewhere would starve it, so a small C flusher thread (no GIL)
-  submits anything still deferred after 500 microseconds. When a poller is in the kernel, the
-  SQE is submitted at once (that poller would not see it until it wakes). The CQ is read only by
-  the poller. Because submitters vary, ``IORING_SETUP_SINGLE_ISSUER`` and ``DEFER_TASKRUN``
-  cannot be used (a submit from a second thread gets ``-EEXIST``), and ``COOP_TASKRUN`` is
-  unsafe: the kernel would run a socket's completion work only when the *submitting* thread next
-  enters the kernel, which a thread blocked in a user-space lock never does. Both are probed and
-  reported by :func:`ring_features`, not used.
+  the port lock (every hook that writes one already holds it). When no other thread sits in
+  ``io_uring_enter``, the SQE is left for the next poll, which submits the whole batch with its
+  wait in one syscall; a thread that starts an operation and then blocks elsewhere would starve
+  it, so a small C flusher thread (no GIL) submits anything still deferred after 500
+  microseconds. When a poller is in the kernel, the SQE is submitted at once (that poller would
+  not see it until it wakes). The CQ is read only by the poller. Because submitters vary,
+  ``IORING_SETUP_SINGLE_ISSUER`` and ``DEFER_TASKRUN`` cannot be used (a submit from a second
+  thread gets ``-EEXIST``), and ``COOP_TASKRUN`` is unsafe: the kernel would run a socket's
+  completion work only when the *submitting* thread next enters the kernel, which a thread
+  blocked in a user-space lock never does. Both are probed and reported by
+  :func:`ring_features`, not used.
 - *Threads that exit.*  A socket request's completion work runs in the task that submitted it;
   if that thread has exited, the kernel completes the request with ``-ECANCELED`` instead
   (measured on Linux 6.18), having consumed nothing.  Such a cancel that nobody asked for is
@@ -143,7 +144,7 @@ _QUEUE_ONLY, _SUBMIT, _DEFER = (
 # Buffers the kernel still owned when a port gave up waiting at close: kept forever.
 _GRAVEYARD: list[object] = []
 # The in-flight registries of ports not yet shut down (see UringPort.__init__).
-_LIVE: dict[int, dict[int, _Inflight]] = {}
+_LIVE: dict[int, dict[int, Operation]] = {}
 
 _REQUIRED_OPS = ("NOP", "READ", "WRITE", "SEND", "RECV", "SENDMSG", "RECVMSG", "ACCEPT",
                  "CONNECT", "ASYNC_CANCEL")
@@ -253,24 +254,6 @@ def ring_features() -> dict[str, Any]:
     return info
 
 
-class _Inflight:
-    """One operation the kernel owns: everything that must outlive its CQE.
-
-    ``keep`` holds the cffi objects whose memory the kernel reads or writes (buffer views, the
-    msghdr + sockaddr scratch); dropping them before the CQE would be a use-after-free.
-    """
-
-    __slots__ = ("args", "keep", "msg", "op", "resubmits", "uid")
-
-    def __init__(self, uid: int, op: Operation, keep: Any, msg: Any) -> None:
-        self.uid = uid
-        self.op = op
-        self.keep = keep
-        self.msg = msg
-        self.args: tuple[int, ...] = ()
-        self.resubmits = 0
-
-
 # Setup flags asked for: CQSIZE for the CQ above, CLAMP so an over-large request degrades,
 # SUBMIT_ALL so one bad SQE does not stop the batch behind it (dropped on kernels < 5.18).
 _SETUP_FLAGS = 0
@@ -305,9 +288,10 @@ class UringPort(PortBase):
         self._ring = ring
         self._ext_arg = bool(ring.features & _lib.IORING_FEAT_EXT_ARG)
         ring.flush_delay_us = _FLUSH_DELAY_US
-        self._sq_lock = threading.Lock()  # order: self._lock, then self._sq_lock
         self._backlog: deque[tuple[int, ...]] = deque()  # SQEs that did not fit (SQ full/busy)
-        self._inflight: dict[int, _Inflight] = {}
+        # Operations the kernel owns, by user_data, until their CQE (see _start).
+        self._inflight: dict[int, Operation] = {}
+        self._resubmits: dict[int, int] = {}  # user_data -> re-submissions (see _complete)
         # A port dropped without close() must not free buffers the kernel still owns.
         _LIVE[id(self._inflight)] = self._inflight
         self._next_uid = 2
@@ -325,18 +309,27 @@ class UringPort(PortBase):
                 "inflight": len(self._inflight), "backlog": len(self._backlog)}
 
     # ------------------------------------------------------------------ submission
+    # Every SQE is written under the port lock: _start, _cancel and _complete run with it
+    # held, the shared code calls _wakeup only with it held, and _poll and _shutdown take it.
+    # io_uring_enter itself needs no lock: it only reads the published tail.
     def _push(self, args: tuple[int, ...], eager: bool = True) -> None:
-        """Queue one SQE (``pio_push`` arguments after the ring); submit it now if ``eager``,
-        else leave it for the next poll (or the C flusher thread, within ``_FLUSH_DELAY_US``)."""
+        """(lock held) Queue one SQE (``pio_push`` arguments after the ring); submit it now if
+        ``eager``, else leave it for the next poll (or the C flusher thread, within
+        ``_FLUSH_DELAY_US``)."""
         lib, ring = _lib, self._ring
-        with self._sq_lock:
-            if self._backlog or not lib.pio_push(ring, *args, _SUBMIT if eager else _DEFER):
-                self._backlog.append(args)
-                self._flush_backlog()
-                lib.pio_enter(ring, 0, 0)
+        if self._backlog or not lib.pio_push(ring, *args, _SUBMIT if eager else _DEFER):
+            self._backlog.append(args)
+            self._flush_backlog()
+            lib.pio_enter(ring, 0, 0)
+
+    def _eager(self) -> bool:
+        # Submit now only if another thread sits in io_uring_enter: it would not see this SQE
+        # until it wakes.  Otherwise the next poll submits it with its wait, in one syscall
+        # for the whole batch (the flusher thread covers a caller that never polls again).
+        return self._polling and self._poller_ident != threading.get_ident()
 
     def _flush_backlog(self) -> None:
-        """(sq lock held) Move backlogged SQEs into the SQ, submitting to make room."""
+        """(lock held) Move backlogged SQEs into the SQ, submitting to make room."""
         lib, ring, backlog = _lib, self._ring, self._backlog
         while backlog:
             if not lib.pio_push(ring, *backlog[0], _QUEUE_ONLY) and (
@@ -344,23 +337,6 @@ class UringPort(PortBase):
                     or not lib.pio_push(ring, *backlog[0], _QUEUE_ONLY)):
                 return  # the kernel is busy (CQ overflow): retried after the next reap
             backlog.popleft()
-
-    def _track(self, op: Operation, keep: Any, msg: Any = None) -> _Inflight:
-        uid = self._next_uid
-        self._next_uid = uid + 1
-        inf = _Inflight(uid, op, keep, msg)
-        self._inflight[uid] = inf
-        # Only the number: an op <-> _Inflight cycle would leave the buffer view to the cyclic
-        # GC, which cannot clear a memoryview that cffi still exports (and crashes trying).
-        op.native = uid
-        return inf
-
-    def _submit_op(self, inf: _Inflight, args: tuple[int, ...]) -> None:
-        inf.args = args
-        # Submit now only if another thread sits in io_uring_enter: it would not see this SQE
-        # until it wakes.  Otherwise the next poll submits it with its wait, in one syscall
-        # for the whole batch (the flusher thread covers a caller that never polls again).
-        self._push(args, self._polling and self._poller_ident != threading.get_ident())
 
     def _attach(self, entry: HandleEntry) -> None:
         # io_uring itself does not care, but the contract says register() makes sockets
@@ -372,37 +348,26 @@ class UringPort(PortBase):
         pass  # its operations were cancelled by uid; the kernel holds its own file references
 
     def _start(self, op: Operation) -> None:
-        lib, ffi = _lib, _ffi
+        ffi = _ffi
         kind = op.kind
-        fd = op.entry.fd
+        # op.pinned: the cffi objects whose memory the kernel reads or writes (the buffer's
+        # view, the msghdr + sockaddr scratch), held with the operation in self._inflight
+        # until its CQE: dropping them sooner would be a use-after-free.
         if kind in {"recv", "read"}:
-            buf = ffi.from_buffer(op.buffer, require_writable=True)
-            inf = self._track(op, buf)
-            opcode = lib.IORING_OP_RECV if kind == "recv" else lib.IORING_OP_READ
-            off = op.offset if kind == "read" else 0
-            self._submit_op(inf, (opcode, 0, fd, int(ffi.cast("uintptr_t", buf)), len(buf),
-                                  0, off, inf.uid))
+            op.pinned = ffi.from_buffer(op.buffer, require_writable=True)
         elif kind in {"send", "write"}:
-            buf = ffi.from_buffer(op.buffer)
-            inf = self._track(op, buf)
-            self._submit_rest(inf)
+            op.pinned = ffi.from_buffer(op.buffer)
         elif kind == "accept":
             msg = ffi.new("struct pio_msg *")
             msg.addrlen = 128
-            inf = self._track(op, None, msg)
-            self._submit_op(inf, (lib.IORING_OP_ACCEPT, 0, fd,
-                                  int(ffi.cast("uintptr_t", msg.addr)), 0, _ACCEPT_FLAGS,
-                                  int(ffi.cast("uintptr_t", ffi.addressof(msg, "addrlen"))),
-                                  inf.uid))
+            op.pinned = msg
         elif kind == "connect":
             # An address that cannot be encoded raises: PortBase makes that the completion.
             raw = _sockaddr.encode(op.entry.family or 0, op.address)
             msg = ffi.new("struct pio_msg *")
             ffi.memmove(msg.addr, raw, len(raw))
-            inf = self._track(op, None, msg)
-            self._submit_op(inf, (lib.IORING_OP_CONNECT, 0, fd,
-                                  int(ffi.cast("uintptr_t", msg.addr)), 0, 0, len(raw), inf.uid))
-        elif kind in {"recvfrom", "sendto"}:
+            op.pinned = (msg, len(raw))
+        else:  # recvfrom, sendto
             raw = b""
             if kind == "sendto":
                 raw = _sockaddr.encode(op.entry.family or 0, op.address)
@@ -412,59 +377,79 @@ class UringPort(PortBase):
             msg = ffi.new("struct pio_msg *")
             if raw:
                 ffi.memmove(msg.addr, raw, len(raw))
-            lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)
-            inf = self._track(op, buf, msg)
-            opcode = lib.IORING_OP_SENDMSG if kind == "sendto" else lib.IORING_OP_RECVMSG
-            flags = _SENDTO_FLAGS if kind == "sendto" else 0
-            self._submit_op(inf, (opcode, 0, fd,
-                                  int(ffi.cast("uintptr_t", ffi.addressof(msg, "hdr"))), 1,
-                                  flags, 0, inf.uid))
-        else:  # pragma: no cover - the shared code only starts the kinds above
-            raise AssertionError(kind)
+            _lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)
+            op.pinned = (msg, buf)
+        uid = self._next_uid
+        self._next_uid = uid + 1
+        self._inflight[uid] = op
+        op.native = uid
+        self._push(self._sqe(op), self._eager())
 
-    def _submit_rest(self, inf: _Inflight) -> None:
-        """(Re)submit what is left of a send or write, from ``op.sent`` on."""
-        op = inf.op
-        base = int(_ffi.cast("uintptr_t", inf.keep))
-        total = len(inf.keep)
-        args: tuple[int, ...]
-        if op.kind == "send":
-            args = (_lib.IORING_OP_SEND, 0, op.entry.fd, base + op.sent, total - op.sent,
-                    _SEND_FLAGS, 0, inf.uid)
-        else:
-            args = (_lib.IORING_OP_WRITE, 0, op.entry.fd, base + op.sent, total - op.sent,
-                    0, op.offset + op.sent, inf.uid)
-        self._submit_op(inf, args)
+    def _sqe(self, op: Operation) -> tuple[int, ...]:
+        """The ``pio_push`` arguments for (what is left of) a started operation."""
+        lib, ffi = _lib, _ffi
+        kind, fd, uid, pinned = op.kind, op.entry.fd, op.native, op.pinned
+        if kind == "recv":
+            return (lib.IORING_OP_RECV, 0, fd, int(ffi.cast("uintptr_t", pinned)),
+                    len(pinned), 0, 0, uid)
+        if kind == "send":  # from op.sent on: a short send re-submits the rest
+            return (lib.IORING_OP_SEND, 0, fd, int(ffi.cast("uintptr_t", pinned)) + op.sent,
+                    len(pinned) - op.sent, _SEND_FLAGS, 0, uid)
+        if kind == "read":
+            return (lib.IORING_OP_READ, 0, fd, int(ffi.cast("uintptr_t", pinned)),
+                    len(pinned), 0, op.offset, uid)
+        if kind == "write":
+            return (lib.IORING_OP_WRITE, 0, fd, int(ffi.cast("uintptr_t", pinned)) + op.sent,
+                    len(pinned) - op.sent, 0, op.offset + op.sent, uid)
+        if kind == "accept":
+            return (lib.IORING_OP_ACCEPT, 0, fd, int(ffi.cast("uintptr_t", pinned.addr)), 0,
+                    _ACCEPT_FLAGS,
+                    int(ffi.cast("uintptr_t", ffi.addressof(pinned, "addrlen"))), uid)
+        if kind == "connect":
+            msg, addrlen = pinned
+            return (lib.IORING_OP_CONNECT, 0, fd, int(ffi.cast("uintptr_t", msg.addr)), 0, 0,
+                    addrlen, uid)
+        msg = pinned[0]
+        hdr = int(ffi.cast("uintptr_t", ffi.addressof(msg, "hdr")))
+        if kind == "sendto":
+            return (lib.IORING_OP_SENDMSG, 0, fd, hdr, 1, _SENDTO_FLAGS, 0, uid)
+        return (lib.IORING_OP_RECVMSG, 0, fd, hdr, 1, 0, 0, uid)
 
     def _cancel(self, op: Operation) -> None:
-        inf = self._inflight.get(op.native) if isinstance(op.native, int) else None
-        if inf is None:
+        uid = op.native
+        if not isinstance(uid, int) or uid not in self._inflight:
             self._finish(op, None, op.sent, op.cancel_error)
             return
-        with self._sq_lock:
-            if inf.args in self._backlog:  # never reached the kernel: finish it here
-                self._backlog.remove(inf.args)
-                del self._inflight[inf.uid]
+        for args in self._backlog:
+            if args[-1] == uid:  # never reached the kernel: finish it here
+                self._backlog.remove(args)
+                self._forget_uid(uid)
                 self._finish(op, None, op.sent, op.cancel_error)
                 return
         # The target's own CQE decides: -ECANCELED, or the real result if it won the race.
-        self._push((_lib.IORING_OP_ASYNC_CANCEL, 0, -1, inf.uid, 0, 0, 0, _UDATA_IGNORE))
+        self._push((_lib.IORING_OP_ASYNC_CANCEL, 0, -1, uid, 0, 0, 0, _UDATA_IGNORE))
         if not self._polling:
             # Nobody else is reaping (we hold the lock and no poller runs), so wait for the
             # answer here: it is nearly always immediate, and it keeps a handle's completions
             # in order when close_handle() cancels a started operation and the queued ones
             # behind it (those complete at once, in the shared code).
-            self._reap_until_gone(inf.uid, _CANCEL_WAIT)
+            self._reap_until_gone(uid, _CANCEL_WAIT)
+
+    def _forget_uid(self, uid: int) -> None:
+        """(lock held) The kernel has let go of operation ``uid``'s memory."""
+        del self._inflight[uid]
+        if self._resubmits:
+            self._resubmits.pop(uid, None)
 
     # ------------------------------------------------------------------ completion
     def _poll(self, timeout: float | None) -> None:
         lib, ring = _lib, self._ring
         ns = -1 if timeout is None else int(timeout * 1e9)
-        with self._sq_lock:
-            if self._backlog:
+        if self._backlog or (ns > 0 and not self._ext_arg):
+            with self._lock:
                 self._flush_backlog()
-            if ns > 0 and not self._ext_arg:
-                lib.pio_queue_wait_timeout(ring, ns, 1)
+                if ns > 0 and not self._ext_arg:
+                    lib.pio_queue_wait_timeout(ring, ns, 1)
         # Submit what is deferred, and wait only if nothing is ready (one syscall, no GIL).
         lib.pio_enter(ring, 0 if lib.pio_cq_ready(ring) else 1, ns)
         self._reap()
@@ -487,9 +472,10 @@ class UringPort(PortBase):
         """(lock held, and this thread is the only reaper) One batch of CQEs."""
         cqes = self._cqes
         n: int = _lib.pio_reap(self._ring, cqes, _REAP_BATCH)
+        complete = self._complete
         for uid, res, _flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
             if uid > _UDATA_WAKE:
-                self._complete(uid, res)
+                complete(uid, res)
             elif uid == _UDATA_WAKE:
                 self._wake_pending = False
         return n
@@ -501,35 +487,53 @@ class UringPort(PortBase):
                 return
             with self._lock:
                 n = self._drain_locked()
-            if n < _REAP_BATCH:
-                if self._backlog:
-                    with self._sq_lock:
+                if n < _REAP_BATCH:
+                    if self._backlog:
                         self._flush_backlog()
                         lib.pio_enter(ring, 0, 0)
-                return
+                    return
 
     def _complete(self, uid: int, res: int) -> None:
         """(lock held) Handle the CQE of operation ``uid``."""
-        inf = self._inflight.get(uid)
-        if inf is None:
+        op = self._inflight.get(uid)
+        if op is None:
             return
-        op = inf.op
         kind = op.kind
-        if res == -errno.ECANCELED and op.cancel_error is None and not op.done \
-                and not self._closed and inf.resubmits < _MAX_RESUBMITS:
+        if res >= 0:
+            if kind in {"recv", "read"}:  # the hot path first
+                self._forget_uid(uid)
+                self._finish(op, bytes(op.buffer[:res]) if op.want_bytes else res, res)
+                return
+            if kind in {"send", "write"}:
+                sent = op.sent = op.sent + res
+                if sent < len(op.pinned):
+                    if op.cancel_error is not None or op._done:
+                        self._forget_uid(uid)
+                        self._finish(op, None, sent, op.cancel_error)
+                    elif res == 0:
+                        self._forget_uid(uid)
+                        self._finish(op, None, sent, error_from_errno(errno.EPIPE))
+                    else:
+                        self._push(self._sqe(op), self._eager())  # a short send: the rest
+                    return
+                self._forget_uid(uid)
+                self._finish(op, sent, sent)
+                return
+        elif res == -errno.ECANCELED and op.cancel_error is None and not op._done \
+                and not self._closed and self._resubmits.get(uid, 0) < _MAX_RESUBMITS:
             # Nobody asked for this cancel: the thread that submitted the request exited, and
             # io_uring cancels a request whose completion work can no longer run in its task.
             # It consumed nothing (the kernel had not done the I/O yet), so submit it again
             # from this thread, which is alive.
-            inf.resubmits += 1
-            if inf.msg is not None and kind == "accept":
-                inf.msg.addrlen = 128
-            self._submit_op(inf, inf.args)
+            self._resubmits[uid] = self._resubmits.get(uid, 0) + 1
+            if kind == "accept":
+                op.pinned.addrlen = 128
+            self._push(self._sqe(op), self._eager())
             return
-        if res == -errno.EISCONN and kind == "connect" and inf.resubmits:
+        if res == -errno.EISCONN and kind == "connect" and uid in self._resubmits:
             res = 0  # a re-submitted connect found the first attempt had succeeded
+        self._forget_uid(uid)
         if res < 0:
-            del self._inflight[uid]
             code = -res
             error: OSError
             if op.cancel_error is not None and code in (errno.ECANCELED, errno.EINTR):
@@ -537,30 +541,11 @@ class UringPort(PortBase):
             else:
                 error = error_from_errno(code)
             self._finish(op, None, op.sent, error)
-            return
-        if kind in {"send", "write"}:
-            op.sent += res
-            if op.sent < len(inf.keep):
-                if op.cancel_error is not None or op.done:
-                    del self._inflight[uid]
-                    self._finish(op, None, op.sent, op.cancel_error)
-                elif res == 0:
-                    del self._inflight[uid]
-                    self._finish(op, None, op.sent, error_from_errno(errno.EPIPE))
-                else:
-                    self._submit_rest(inf)  # a short send/write: the rest, same uid
-                return
-            del self._inflight[uid]
-            self._finish(op, op.sent, op.sent)
-            return
-        del self._inflight[uid]
-        if kind in {"recv", "read"}:
-            self._finish(op, op.recv_result(res), res)
         elif kind == "accept":
             entry = op.entry
             assert entry.sock is not None
             try:
-                msg = inf.msg
+                msg = op.pinned
                 address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, min(msg.addrlen, 128))))
                 conn = socket.socket(entry.family or socket.AF_INET,
                                      entry.type or socket.SOCK_STREAM, entry.sock.proto,
@@ -573,7 +558,7 @@ class UringPort(PortBase):
         elif kind == "connect":
             self._finish(op, None, 0)
         elif kind == "recvfrom":
-            msg = inf.msg
+            msg = op.pinned[0]
             namelen = min(_lib.pio_msg_namelen(msg), 128)
             address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, namelen)))
             self._finish(op, (op.recv_result(res), address), res)
@@ -581,35 +566,25 @@ class UringPort(PortBase):
             self._finish(op, res, res)
 
     def _wakeup(self) -> None:
-        with self._sq_lock:
-            if self._wake_pending or not self._ring_open:
-                return
-            self._wake_pending = True
-            nop = (_lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, _UDATA_WAKE)
-            if self._backlog or not _lib.pio_push(self._ring, *nop, _SUBMIT):
-                self._backlog.append(nop)
-                self._flush_backlog()
-                _lib.pio_enter(self._ring, 0, 0)
+        # (lock held: the shared code calls it only from under the port lock)
+        if self._wake_pending or not self._ring_open:
+            return
+        self._wake_pending = True
+        self._push((_lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, _UDATA_WAKE))
 
     def _shutdown(self) -> None:
         lib, ring = _lib, self._ring
-        with self._sq_lock:
+        with self._lock:
             self._ring_open = False
             for args in self._backlog:  # never submitted: the kernel never saw their buffers
                 self._inflight.pop(args[-1], None)
             self._backlog.clear()
-        with self._lock:
-            uids = list(self._inflight)
-        for uid in uids:
-            with self._sq_lock:
-                self._backlog.append((lib.IORING_OP_ASYNC_CANCEL, 0, -1, uid, 0, 0, 0,
-                                      _UDATA_IGNORE))
-                self._flush_backlog()
-                lib.pio_enter(ring, 0, 0)
+            for uid in list(self._inflight):
+                self._push((lib.IORING_OP_ASYNC_CANCEL, 0, -1, uid, 0, 0, 0, _UDATA_IGNORE))
         # Reap until the kernel has answered for every buffer it was given.
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         while self._inflight and time.monotonic() < deadline:
-            with self._sq_lock:
+            with self._lock:
                 self._flush_backlog()
             lib.pio_enter(ring, 1, 50_000_000)
             self._reap()

@@ -65,9 +65,9 @@ MAX_POST_NBYTES = 0xFFFFFFFF
 # A descriptor is a C int on POSIX; a SOCKET/HANDLE is pointer-sized on Windows.
 _MAX_HANDLE = 2**64 - 1 if os.name == "nt" else 2**31 - 1
 
-_INBOUND = frozenset({"accept", "recv", "recvfrom"})
-_OUTBOUND = frozenset({"connect", "send", "sendto"})
-_SOCKET_KINDS = _INBOUND | _OUTBOUND
+#: The direction of each socket operation: its FIFO on the handle.
+_DIRECTION = {"accept": "in", "recv": "in", "recvfrom": "in",
+              "connect": "out", "send": "out", "sendto": "out"}
 
 Handle = Any  # a socket, an object with fileno(), or an int fd/HANDLE
 Callback = Callable[["Completion"], object]
@@ -174,6 +174,8 @@ class Operation:
         "kind",
         "native",
         "offset",
+        "pinned",
+        "queue",
         "sent",
         "timeout",
         "want_bytes",
@@ -181,8 +183,8 @@ class Operation:
 
     def __init__(self, port: PortBase, kind: OperationKind, entry: HandleEntry, handle: Handle,
                  data: Any, callback: Callback | None, timeout: float | None,
-                 buffer: memoryview | None, want_bytes: bool = False, offset: int = 0,
-                 address: Any = None) -> None:
+                 buffer: memoryview | None, want_bytes: bool, offset: int,
+                 address: Any, queue: deque[Operation] | None) -> None:
         self._port = port
         self.kind: OperationKind = kind
         self.entry = entry
@@ -194,9 +196,13 @@ class Operation:
         self.want_bytes = want_bytes
         self.offset = offset
         self.address = address
+        #: The FIFO of its handle and direction, None for file I/O (started at once).
+        self.queue = queue
         self.sent = 0
         self.cancel_error: OSError | None = None
+        #: The backend's own: its id for the operation, and what the OS must keep alive.
         self.native: Any = None
+        self.pinned: Any = None
         self._started = False
         self._done = False
         self._deadline = math.inf
@@ -365,6 +371,8 @@ def _check_timeout(timeout: float | None, what: str) -> float | None:
 
 def _writable_buffer(size_or_buffer: Any, what: str) -> tuple[memoryview, bool]:
     """(buffer, want_bytes) for a receive given a size or a caller's buffer."""
+    if type(size_or_buffer) is bytearray and size_or_buffer:  # the hot path: a reused buffer
+        return memoryview(size_or_buffer), False
     if isinstance(size_or_buffer, bool):
         raise TypeError(f"{what}() needs a size (int) or a writable buffer, not bool")
     if isinstance(size_or_buffer, int):
@@ -384,6 +392,8 @@ def _writable_buffer(size_or_buffer: Any, what: str) -> tuple[memoryview, bool]:
 
 
 def _readable_buffer(data: Any, what: str) -> memoryview:
+    if type(data) is bytes:  # the hot path; bytes are read-only, 1-D and contiguous already
+        return memoryview(data) if len(data) <= MAX_IO_SIZE else _byte_view(memoryview(data), what)
     if isinstance(data, str):
         raise TypeError(f"{what}() needs bytes-like data, not str (encode it first)")
     try:
@@ -407,6 +417,11 @@ def _byte_view(view: memoryview, what: str) -> memoryview:
 
 
 def _fileno_of(handle: Handle) -> int:
+    if type(handle) is socket.socket:  # the hot path: every operation on a socket asks
+        fd: int = handle.fileno()
+        if fd < 0:
+            raise ValueError(f"handle {handle!r} is closed")
+        return fd
     if isinstance(handle, bool):
         raise TypeError("a handle must be a socket, an object with fileno() or an int, not bool")
     if isinstance(handle, int):
@@ -647,40 +662,39 @@ class PortBase(CompletionPort):
         if callback is not None and not callable(callback):
             raise TypeError(f"{kind}() callback must be callable, not {type(callback).__name__}")
         with self._lock:
-            self._check_open()
+            if self._closed:
+                raise PortClosed("the completion port is closed")
             entry = self._entry_for(handle, kind)
-            if kind in _SOCKET_KINDS:
+            direction = _DIRECTION.get(kind)
+            queue: deque[Operation] | None = None
+            if direction is not None:
                 if entry.sock is None:
                     raise ValueError(f"{kind}() needs a socket; fd {entry.fd} is not one "
                                      "(use read()/write() for files)")
-                if kind in ("connect", "sendto"):
+                if kind in {"connect", "sendto"}:
                     address = _resolve_address(entry.sock, address, kind)
+                queue = entry.inbound if direction == "in" else entry.outbound
             elif entry.sock is not None or not entry.seekable:
                 raise io.UnsupportedOperation(
                     f"{kind}() needs a file that supports offsets; fd {entry.fd} is "
                     + ("a socket (use recv()/send())" if entry.sock is not None
                        else "not seekable (a pipe or a terminal?)"))
             op = Operation(self, kind, entry, handle, data, callback, timeout, buffer,
-                           want_bytes, offset, address)
+                           want_bytes, offset, address, queue)
             entry.pending[op] = None
             if timeout is not None:
                 op._deadline = time.monotonic() + timeout
                 heapq.heappush(self._deadlines, (op._deadline, next(self._sequence), op))
                 if self._polling and op._deadline < self._poll_until:
                     self._wakeup()  # the poller sleeps past this deadline
-            if kind in _INBOUND:
-                self._enqueue(entry.inbound, op)
-            elif kind in _OUTBOUND:
-                self._enqueue(entry.outbound, op)
-            else:
+            if queue is None:  # file I/O carries its offset: it starts at once
                 op._started = True
                 self._start_safely(op)
+            else:
+                queue.append(op)
+                if len(queue) == 1:  # nothing ahead of it in its direction
+                    self._start_head(queue)
             return op
-
-    def _enqueue(self, queue: deque[Operation], op: Operation) -> None:
-        queue.append(op)
-        if len(queue) == 1:  # nothing ahead of it in its direction
-            self._start_head(queue)
 
     def _start_head(self, queue: deque[Operation]) -> None:
         # An operation that finishes inside _start starts the next one from _finish; doing that
@@ -739,9 +753,9 @@ class PortBase(CompletionPort):
                 self._wake_one("get")
         # Only now start the next operation of this direction: if it finishes at once, its
         # completion must queue behind this one.
-        if op.kind in _INBOUND or op.kind in _OUTBOUND:
-            queue = entry.inbound if op.kind in _INBOUND else entry.outbound
-            if queue and queue[0] is op:
+        queue = op.queue
+        if queue is not None:
+            if queue[0] is op:
                 queue.popleft()
                 if queue:
                     self._start_head(queue)
