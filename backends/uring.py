@@ -502,7 +502,7 @@ class UringPort(PortBase):
         if res >= 0:
             if kind in {"recv", "read"}:  # the hot path first
                 self._forget_uid(uid)
-                self._finish(op, bytes(op.buffer[:res]) if op.want_bytes else res, res)
+                self._finish(op, op.recv_result(res) if op.want_bytes else res, res)
                 return
             if kind in {"send", "write"}:
                 sent = op.sent = op.sent + res
