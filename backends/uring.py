@@ -138,6 +138,7 @@ if sys.platform == "linux":
     _ACCEPT_FLAGS = int(socket.SOCK_CLOEXEC)
 else:  # never used: the backend refuses to run off Linux (this keeps mypy --platform happy)
     _SEND_FLAGS = _SENDTO_FLAGS = _ACCEPT_FLAGS = 0
+_OP_RECV, _OP_SEND = (_lib.IORING_OP_RECV, _lib.IORING_OP_SEND) if _lib is not None else (0, 0)
 _QUEUE_ONLY, _SUBMIT, _DEFER = (
     (_lib.PIO_QUEUE_ONLY, _lib.PIO_SUBMIT, _lib.PIO_DEFER) if _lib is not None else (0, 1, 2))
 
@@ -353,9 +354,26 @@ class UringPort(PortBase):
         # op.pinned: the cffi objects whose memory the kernel reads or writes (the buffer's
         # view, the msghdr + sockaddr scratch), held with the operation in self._inflight
         # until its CQE: dropping them sooner would be a use-after-free.
-        if kind in {"recv", "read"}:
+        if kind == "recv" or kind == "send":  # noqa: PLR1714 (the hot path, spelled out)
+            # Inline, as _sqe() would build it: a stream's receives and sends are most of the
+            # operations a server starts.
+            uid = self._next_uid
+            self._next_uid = uid + 1
+            self._inflight[uid] = op
+            op.native = uid
+            if kind == "recv":
+                buf = op.pinned = ffi.from_buffer(op.buffer, require_writable=True)
+                args = (_OP_RECV, 0, op.entry.fd, int(ffi.cast("uintptr_t", buf)), len(buf), 0,
+                        0, uid)
+            else:
+                buf = op.pinned = ffi.from_buffer(op.buffer)
+                args = (_OP_SEND, 0, op.entry.fd, int(ffi.cast("uintptr_t", buf)), len(buf),
+                        _SEND_FLAGS, 0, uid)
+            self._push(args, self._polling and self._poller_ident != threading.get_ident())
+            return
+        if kind == "read":
             op.pinned = ffi.from_buffer(op.buffer, require_writable=True)
-        elif kind in {"send", "write"}:
+        elif kind == "write":
             op.pinned = ffi.from_buffer(op.buffer)
         elif kind == "accept":
             msg = ffi.new("struct pio_msg *")

@@ -392,8 +392,11 @@ def _writable_buffer(size_or_buffer: Any, what: str) -> tuple[memoryview, bool]:
 
 
 def _readable_buffer(data: Any, what: str) -> memoryview:
-    if type(data) is bytes:  # the hot path; bytes are read-only, 1-D and contiguous already
+    if type(data) is bytes:  # the hot paths: bytes, and a slice of a byte buffer
         return memoryview(data) if len(data) <= MAX_IO_SIZE else _byte_view(memoryview(data), what)
+    if type(data) is memoryview and data.format == "B" and data.ndim == 1 and data.c_contiguous \
+            and data.nbytes <= MAX_IO_SIZE:
+        return data.toreadonly()  # a view of our own: the caller may release theirs
     if isinstance(data, str):
         raise TypeError(f"{what}() needs bytes-like data, not str (encode it first)")
     try:
@@ -664,7 +667,9 @@ class PortBase(CompletionPort):
         with self._lock:
             if self._closed:
                 raise PortClosed("the completion port is closed")
-            entry = self._entry_for(handle, kind)
+            entry = self._entries.get(_fileno_of(handle))
+            if entry is None:
+                entry = self._entry_for(handle, kind)  # raises, saying why
             direction = _DIRECTION.get(kind)
             queue: deque[Operation] | None = None
             if direction is not None:
