@@ -519,7 +519,9 @@ class UringPort(PortBase):
         kind = op.kind
         if res >= 0:
             if kind in {"recv", "read"}:  # the hot path first
-                self._forget_uid(uid)
+                del self._inflight[uid]
+                if self._resubmits:
+                    self._resubmits.pop(uid, None)
                 self._finish(op, op.recv_result(res) if op.want_bytes else res, res)
                 return
             if kind in {"send", "write"}:

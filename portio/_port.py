@@ -697,8 +697,9 @@ class PortBase(CompletionPort):
                 self._start_safely(op)
             else:
                 queue.append(op)
-                if len(queue) == 1:  # nothing ahead of it in its direction
-                    self._start_head(queue)
+                if len(queue) == 1:  # nothing ahead of it in its direction: start it now
+                    op._started = True
+                    self._start_safely(op)
             return op
 
     def _start_head(self, queue: deque[Operation]) -> None:
@@ -755,7 +756,9 @@ class PortBase(CompletionPort):
                 self._wake_one("dispatch")
             else:
                 self._ready.append(completion)
-                self._wake_one("get")
+                if not self._polling or self._poller_wants != "get" \
+                        or self._poller_ident != threading.get_ident():
+                    self._wake_one("get")  # (a get poller takes its own: see _wake_one)
         # Only now start the next operation of this direction: if it finishes at once, its
         # completion must queue behind this one.
         queue = op.queue
