@@ -355,21 +355,23 @@ class UringPort(PortBase):
         # view, the msghdr + sockaddr scratch), held with the operation in self._inflight
         # until its CQE: dropping them sooner would be a use-after-free.
         if kind == "recv" or kind == "send":  # noqa: PLR1714 (the hot path, spelled out)
-            # Inline, as _sqe() would build it: a stream's receives and sends are most of the
-            # operations a server starts.
+            # One C call, as _sqe() would build it: a stream's receives and sends are most of
+            # the operations a server starts.
             uid = self._next_uid
             self._next_uid = uid + 1
             self._inflight[uid] = op
             op.native = uid
             if kind == "recv":
-                buf = op.pinned = ffi.from_buffer(op.buffer, require_writable=True)
-                args = (_OP_RECV, 0, op.entry.fd, int(ffi.cast("uintptr_t", buf)), len(buf), 0,
-                        0, uid)
+                buf = op.pinned = ffi.from_buffer("char[]", op.buffer, True)  # True: writable
+                opcode, flags = _OP_RECV, 0
             else:
                 buf = op.pinned = ffi.from_buffer(op.buffer)
-                args = (_OP_SEND, 0, op.entry.fd, int(ffi.cast("uintptr_t", buf)), len(buf),
-                        _SEND_FLAGS, 0, uid)
-            self._push(args, self._polling and self._poller_ident != threading.get_ident())
+                opcode, flags = _OP_SEND, _SEND_FLAGS
+            eager = self._polling and self._poller_ident != threading.get_ident()
+            if self._backlog or not _lib.pio_push_buf(self._ring, opcode, op.entry.fd, buf,
+                                                      len(buf), flags, uid,
+                                                      _SUBMIT if eager else _DEFER):
+                self._push(self._sqe(op), eager)  # the SQ is full: into the backlog
             return
         if kind == "read":
             op.pinned = ffi.from_buffer(op.buffer, require_writable=True)

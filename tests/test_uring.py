@@ -135,7 +135,7 @@ def test_cq_overflow_while_posts_flood_from_threads(small_port: Any) -> None:
 
 
 class _FlakyLib:
-    """Proxy for the cffi lib whose pio_push reports a full SQ every other call."""
+    """Proxy for the cffi lib whose pio_push and pio_push_buf report a full SQ every other call."""
 
     def __init__(self, lib: Any) -> None:
         self._lib = lib
@@ -146,11 +146,17 @@ class _FlakyLib:
         return getattr(self._lib, name)
 
     def pio_push(self, *args: Any) -> int:
+        return self._refuse_or_call(self._lib.pio_push, args)
+
+    def pio_push_buf(self, *args: Any) -> int:
+        return self._refuse_or_call(self._lib.pio_push_buf, args)
+
+    def _refuse_or_call(self, push: Any, args: tuple[Any, ...]) -> int:
         self.calls += 1
         if self.calls % 2:
             self.refused += 1
             return 0
-        result: int = self._lib.pio_push(*args)
+        result: int = push(*args)
         return result
 
 

@@ -290,6 +290,13 @@ int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t ad
     return 1;
 }
 
+int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t len,
+                 uint32_t op_flags, uint64_t user_data, int mode)
+{
+    return pio_push(r, opcode, 0, fd, (uint64_t)(uintptr_t)buf, len, op_flags, 0, user_data,
+                    mode);
+}
+
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
 {
     unsigned flags = 0;

@@ -42,6 +42,11 @@ unsigned pio_sq_ready(pio_ring *r);
  * Returns 1, or 0 if the SQ is full (nothing done). */
 int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t addr,
              uint32_t len, uint32_t op_flags, uint64_t off, uint64_t user_data, int mode);
+/* pio_push() for the hot path, a stream's RECV or SEND: the buffer is passed as
+ * the cffi object itself (no address arithmetic in Python), offset 0, and two
+ * arguments fewer to convert. */
+int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t len,
+                 uint32_t op_flags, uint64_t user_data, int mode);
 #define PIO_QUEUE_ONLY ...
 #define PIO_SUBMIT ...
 #define PIO_DEFER ...
