@@ -492,12 +492,26 @@ class UringPort(PortBase):
         """(lock held, and this thread is the only reaper) One batch of CQEs."""
         cqes = self._cqes
         n: int = _lib.pio_reap(self._ring, cqes, _REAP_BATCH)
-        complete = self._complete
+        inflight, resubmits, finish = self._inflight, self._resubmits, self._finish
         for uid, res, _flags in _CQE.iter_unpack(_ffi.buffer(cqes, n * _CQE.size)):
-            if uid > _UDATA_WAKE:
-                complete(uid, res)
-            elif uid == _UDATA_WAKE:
-                self._wake_pending = False
+            op = inflight.get(uid)
+            if op is None:
+                if uid == _UDATA_WAKE:
+                    self._wake_pending = False
+                continue  # a cancel request's own CQE, or a target already finished
+            # The hot path inline: a stream receive, or a send sent whole.
+            kind = op.kind
+            if res > 0 and not resubmits:
+                if kind == "recv":
+                    del inflight[uid]
+                    finish(op, op.recv_result(res) if op.want_bytes else res, res)
+                    continue
+                if kind == "send" and op.sent + res == len(op.pinned):
+                    del inflight[uid]
+                    op.sent += res
+                    finish(op, op.sent, op.sent)
+                    continue
+            self._complete(uid, op, res)
         return n
 
     def _reap(self) -> None:
@@ -513,11 +527,8 @@ class UringPort(PortBase):
                         lib.pio_enter(ring, 0, 0)
                     return
 
-    def _complete(self, uid: int, res: int) -> None:
-        """(lock held) Handle the CQE of operation ``uid``."""
-        op = self._inflight.get(uid)
-        if op is None:
-            return
+    def _complete(self, uid: int, op: Operation, res: int) -> None:
+        """(lock held) Handle the CQE of operation ``uid``, ``op``."""
         kind = op.kind
         if res >= 0:
             if kind in {"recv", "read"}:  # the hot path first

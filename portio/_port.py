@@ -699,7 +699,10 @@ class PortBase(CompletionPort):
                 queue.append(op)
                 if len(queue) == 1:  # nothing ahead of it in its direction: start it now
                     op._started = True
-                    self._start_safely(op)
+                    try:
+                        self._start(op)
+                    except Exception:  # (the hot path is spelled out; the rest is shared)
+                        self._start_failed(op)
             return op
 
     def _start_head(self, queue: deque[Operation]) -> None:
@@ -731,9 +734,15 @@ class PortBase(CompletionPort):
         """Start ``op``; a failure to start is its completion, so a queue can never jam."""
         try:
             self._start(op)
-        except OSError as exc:
+        except Exception:
+            self._start_failed(op)
+
+    def _start_failed(self, op: Operation) -> None:
+        """(in an ``except`` block) ``op`` could not start: that is its completion."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
             self._finish(op, None, op.sent, exc)
-        except Exception as exc:  # a backend bug: surface it on the operation, keep serving
+        else:  # a backend bug: surface it on the operation, keep serving
             self._finish(op, None, op.sent,
                          OSError(errno.EINVAL, f"{op.kind} could not start: {exc!r}"))
 
