@@ -144,10 +144,15 @@ class HandleEntry:
         self.seekable = seekable
         self.inbound: deque[Operation] = deque()
         self.outbound: deque[Operation] = deque()
-        # every operation not yet completed, in the order they were started (dicts keep order)
+        # file operations not yet completed, in the order they were started (dicts keep
+        # order); a socket's are in its two FIFOs
         self.pending: dict[Operation, None] = {}
         self.closed = False
         self.native: Any = None
+
+    def operations(self) -> list[Operation]:
+        """Every operation on this handle not yet completed."""
+        return [*self.inbound, *self.outbound, *self.pending]
 
 
 class Operation:
@@ -686,7 +691,8 @@ class PortBase(CompletionPort):
                        else "not seekable (a pipe or a terminal?)"))
             op = Operation(self, kind, entry, handle, data, callback, timeout, buffer,
                            want_bytes, offset, address, queue)
-            entry.pending[op] = None
+            if queue is None:
+                entry.pending[op] = None
             if timeout is not None:
                 op._deadline = time.monotonic() + timeout
                 heapq.heappush(self._deadlines, (op._deadline, next(self._sequence), op))
@@ -754,7 +760,9 @@ class PortBase(CompletionPort):
             return False
         op._done = True
         entry = op.entry
-        entry.pending.pop(op, None)
+        queue = op.queue
+        if queue is None:
+            entry.pending.pop(op, None)
         if error is not None:
             error.__traceback__ = None  # a traceback would keep the poller's frames alive
             result = None
@@ -770,7 +778,6 @@ class PortBase(CompletionPort):
                     self._wake_one("get")  # (a get poller takes its own: see _wake_one)
         # Only now start the next operation of this direction: if it finishes at once, its
         # completion must queue behind this one.
-        queue = op.queue
         if queue is not None:
             if queue[0] is op:
                 queue.popleft()
@@ -981,7 +988,7 @@ class PortBase(CompletionPort):
         # Started operations are cancelled in the OS; the ones queued behind them complete,
         # in order, as each predecessor does (see _start_head), never overtaking it.
         entry.closed = True
-        pending = list(entry.pending)
+        pending = entry.operations()
         for op in pending:
             if not op._started:
                 op.cancel_error = OperationCancelled("handle closed by close_handle()")
@@ -997,7 +1004,7 @@ class PortBase(CompletionPort):
                 return
             self._closed = True
             for entry in self._entries.values():
-                for op in entry.pending:
+                for op in entry.operations():
                     op._done = True  # cancelled, never delivered: the port is gone
                     op.cancel_error = OperationCancelled("port closed")
             self._ready.clear()
