@@ -78,8 +78,8 @@ Measured (2 vCPUs, Linux 6.18, loopback, 100 connections x 64-byte ping-pong)
   +0.52 (worse) alone and -0.18 with DEFER_TASKRUN.  With ~50 messages per io_uring_enter the
   per-call overhead is already negligible: the ~4.4 us per message that remain are loopback
   TCP, the same for every server, epoll included.  None of the features is used: the two that
-  help need one issuing thread (see above), and the rest do not pay.  Multishot recv would also
-  hand portio data with no receive pending, to buffer per handle.
+  help cannot serve many issuing threads (see "One consumer, many producers"), and the others
+  do not pay.  Multishot recv would also hand portio data with no receive pending, to buffer.
 - What is left above that floor is Python: the operation and completion objects, the per-handle
   FIFOs, the lock and this module's bookkeeping, ~4 us of user time per message after the hot
   path was trimmed (one C call per stream send or receive, finished inline in the reap loop).
