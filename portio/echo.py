@@ -41,7 +41,7 @@ from typing import Any, Literal
 import portio
 from portio import Completion, CompletionPort, OperationCancelled, PortClosed
 
-__all__ = ["Client", "EchoServer", "IoData", "main"]
+__all__ = ["BUFFER_SIZE", "STREAM_BUFFER_SIZE", "Client", "EchoServer", "IoData", "main"]
 
 log = logging.getLogger("portio.echo")
 
@@ -49,6 +49,10 @@ DEFAULT_PORT = 9190
 #: One receive buffer per client: big enough that a multi-MiB echo needs few round trips
 #: through the port, small enough that 10 000 clients cost well under 1 GiB.
 BUFFER_SIZE = 64 * 1024
+#: What the buffer grows to once a receive fills it (the client streams): every operation
+#: costs the same few microseconds of Python whatever its size, so a stream moves in 4x fewer
+#: round trips; asyncio reads up to this much at a time too.  Only streaming clients pay it.
+STREAM_BUFFER_SIZE = 256 * 1024
 #: How often a blocking wait wakes to look at the stop flag set by SIGINT/SIGTERM.  Python runs
 #: signal handlers between bytecodes of the main thread and retries an interrupted system call
 #: (PEP 475), so a wait with no timeout would never notice the flag.
@@ -80,6 +84,14 @@ class IoData:
 
     buffer: bytearray = field(default_factory=lambda: bytearray(BUFFER_SIZE))
     mode: Literal["read", "write"] = "read"
+    #: The last receive filled the whole buffer: the client is streaming.
+    filled: bool = False
+
+    def grow_if_streaming(self) -> None:
+        """Give a streaming client the larger buffer.  Only between a send's completion and
+        the next receive, when no operation uses the buffer."""
+        if self.filled and len(self.buffer) < STREAM_BUFFER_SIZE:
+            self.buffer = bytearray(STREAM_BUFFER_SIZE)
 
 
 def format_address(address: Any) -> str:
@@ -210,9 +222,11 @@ class EchoServer:
                 # The echo carries the same per-I/O data, now in write mode; the buffer is not
                 # touched again until this send completes, so no copy is needed.
                 io.mode = "write"
+                io.filled = completion.nbytes == len(io.buffer)
                 self.port.send(client.sock, memoryview(io.buffer)[:completion.nbytes], data=io,
                                callback=callback)
             else:
+                io.grow_if_streaming()
                 self._start_recv(client, callback)
         except (ValueError, OSError) as exc:
             # The client (or the port) was closed meanwhile, by shutdown.

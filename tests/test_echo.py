@@ -27,7 +27,16 @@ from typing import IO, NoReturn
 import pytest
 
 import portio
-from portio.echo import EchoServer, StopFlag, format_address, open_listener, percentile
+from portio.echo import (
+    BUFFER_SIZE,
+    STREAM_BUFFER_SIZE,
+    EchoServer,
+    IoData,
+    StopFlag,
+    format_address,
+    open_listener,
+    percentile,
+)
 
 HOST = "127.0.0.1"
 IO_TIMEOUT = 30.0  # seconds any one socket operation may take before the test fails
@@ -538,3 +547,54 @@ def test_a_dying_worker_process_stops_the_rest_with_failure() -> None:
         assert not Path(f"/proc/{children[1]}").exists()
     finally:
         proc.close()
+
+
+def test_io_data_grows_only_for_a_client_whose_receive_filled_it() -> None:
+    io = IoData()
+    assert len(io.buffer) == BUFFER_SIZE
+    io.grow_if_streaming()
+    assert len(io.buffer) == BUFFER_SIZE  # nothing filled it yet
+    io.filled = True
+    io.grow_if_streaming()
+    assert len(io.buffer) == STREAM_BUFFER_SIZE
+    grown = io.buffer
+    io.grow_if_streaming()
+    assert io.buffer is grown  # never past the stream size, never reallocated
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_streaming_client_gets_the_larger_buffer_a_chatty_one_does_not(
+        backend: str, model: str) -> None:
+    port = portio.open_port(backend)
+    stop = StopFlag()
+    server = EchoServer(open_listener(HOST, 0), port, model=model, threads=1, max_clients=0,
+                        stop=stop)
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        address = server.listener.getsockname()[:2]
+        payload = random.Random(7).randbytes(4 << 20)
+        with socket.create_connection(address, timeout=IO_TIMEOUT) as streamer, \
+                socket.create_connection(address, timeout=IO_TIMEOUT) as chatty:
+            sender = threading.Thread(target=streamer.sendall, args=(payload,))
+            sender.start()
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = streamer.recv(1 << 20)
+                assert chunk, "the server closed the stream early"
+                got += chunk
+            sender.join(IO_TIMEOUT)
+            assert got == payload
+            for i in range(20):
+                chatty.sendall(b"%d" % i)
+                assert chatty.recv(100) == b"%d" % i
+            with server._clients_lock:
+                sizes = {format_address(c.address): len(c.io.buffer)
+                         for c in server._clients.values()}
+            assert sizes == {format_address(streamer.getsockname()): STREAM_BUFFER_SIZE,
+                             format_address(chatty.getsockname()): BUFFER_SIZE}
+    finally:
+        stop.set()
+        thread.join(STOP_TIMEOUT)
+    assert not thread.is_alive()
