@@ -7,6 +7,10 @@
  * streaming); its latency runs from when its first byte is queued to when its last byte is back.
  * Latencies go into a 1 us histogram up to 1 s (4 MiB, so no sampling and no allocation in the
  * loop); slower ones land in the last bucket.
+ *
+ * The module also carries the reference echo server, lg_echo_serve (the peer "c-epoll" in
+ * peers.py): the floor every Python server is measured against.  It sits here because this is
+ * the one C extension the benchmark already builds.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -316,4 +320,171 @@ int lg_close(struct lg_session *s, double drain_seconds, struct lg_totals *out) 
     free(s->pattern);
     free(s);
     return 0;
+}
+
+
+/* ---- The reference echo server: lg_echo_serve, the peer "c-epoll" ----
+ *
+ * What one thread costs when it does nothing but the system calls: level-triggered epoll as
+ * libuv uses it, one read of up to ECHO_CHUNK bytes per ready connection, and a send of the
+ * same bytes.  A client that does not read fills its socket, and then the send is short or
+ * fails with EAGAIN.  Retrying would spin and starve every other connection, so the unsent
+ * rest goes into the connection's own buffer, the connection waits for EPOLLOUT *instead of*
+ * EPOLLIN, and reading resumes only once the rest is written.  As nothing is read while a
+ * rest is pending, a rest never exceeds one read: one ECHO_CHUNK buffer per connection at
+ * most, allocated on the first short send, freed on close.  The kernel's socket buffers then
+ * push back on the client, as they do for every Python peer.
+ */
+
+#define ECHO_CHUNK 65536            /* what the Python peers read at a time */
+#define ECHO_EVENTS 256
+
+struct echo_conn {
+    int fd;
+    unsigned char *rest;            /* ECHO_CHUNK bytes once a send was short, else NULL */
+    size_t rest_off, rest_len;      /* rest[rest_off:rest_len] is still to be sent */
+    struct echo_conn *prev, *next;  /* every open connection, so a failing loop closes them */
+};
+
+static void echo_close(struct echo_conn **all, struct echo_conn *c) {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *all = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    close(c->fd);                   /* also leaves the epoll set: nothing else holds the socket */
+    free(c->rest);
+    free(c);
+}
+
+static int echo_want(int epfd, struct echo_conn *c, uint32_t events) {
+    struct epoll_event ev;
+    ev.events = events;
+    ev.data.ptr = c;
+    return epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* Send what the socket takes: the count (0 when it is full), or -1 when the connection failed.
+ * MSG_NOSIGNAL: a peer that has gone away is an error here, not a SIGPIPE. */
+static ssize_t echo_send(int fd, const unsigned char *p, size_t n) {
+    for (;;) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k >= 0)
+            return k;
+        if (errno != EINTR)
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    }
+}
+
+/* The connection is readable: echo one read.  0, or -1 to close it (EOF or error). */
+static int echo_read(int epfd, struct echo_conn *c, unsigned char *buf) {
+    ssize_t r, w;
+    do
+        r = read(c->fd, buf, ECHO_CHUNK);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    if (r == 0)
+        return -1;
+    w = echo_send(c->fd, buf, (size_t)r);
+    if (w < 0)
+        return -1;
+    if (w == r)
+        return 0;
+    if (c->rest == NULL && (c->rest = malloc(ECHO_CHUNK)) == NULL)
+        return -1;                  /* the bytes cannot be kept: drop the connection */
+    memcpy(c->rest, buf + w, (size_t)(r - w));
+    c->rest_off = 0;
+    c->rest_len = (size_t)(r - w);
+    return echo_want(epfd, c, EPOLLOUT);
+}
+
+/* The connection is writable while a rest is pending: send more of it; once it is all gone,
+ * read again.  0, or -1 to close it. */
+static int echo_flush(int epfd, struct echo_conn *c) {
+    ssize_t w = echo_send(c->fd, c->rest + c->rest_off, c->rest_len - c->rest_off);
+    if (w < 0)
+        return -1;
+    c->rest_off += (size_t)w;
+    if (c->rest_off < c->rest_len)
+        return 0;
+    c->rest_off = c->rest_len = 0;
+    return echo_want(epfd, c, EPOLLIN);
+}
+
+/* Take every waiting connection: non-blocking, TCP_NODELAY (the Python peers set it too). */
+static void echo_accept(int epfd, int listen_fd, struct echo_conn **all) {
+    for (;;) {
+        int one = 1, fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            /* EAGAIN: all taken.  EMFILE, ENOBUFS, ...: the connection stays queued and the
+             * next epoll_wait reports the listener again (level-triggered). */
+            return;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct echo_conn *c = calloc(1, sizeof *c);
+        struct epoll_event ev;
+        ev.events = EPOLLIN;
+        ev.data.ptr = c;
+        if (c == NULL || epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->next = *all;
+        if (*all)
+            (*all)->prev = c;
+        *all = c;
+    }
+}
+
+/* Echo on every connection accepted from listen_fd until the process is killed.  Returns
+ * -errno only when epoll itself fails, after closing every connection it opened. */
+int lg_echo_serve(int listen_fd) {
+    struct epoll_event events[ECHO_EVENTS], ev;
+    struct echo_conn *all = NULL;
+    unsigned char *buf;
+    int err = 0, epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        return -errno;
+    if ((buf = malloc(ECHO_CHUNK)) == NULL) {
+        close(epfd);
+        return -ENOMEM;
+    }
+    /* accept4 runs until EAGAIN, so a blocking listener would hang the loop in accept. */
+    fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+    ev.events = EPOLLIN;
+    ev.data.ptr = NULL;             /* NULL: the listener; anything else is a struct echo_conn */
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0)
+        err = -errno;
+    while (err == 0) {
+        int n = epoll_wait(epfd, events, ECHO_EVENTS, -1);
+        if (n < 0) {
+            if (errno != EINTR)
+                err = -errno;
+            continue;
+        }
+        /* A file appears at most once per epoll_wait, so freeing a connection here cannot
+         * leave a stale pointer further down this batch. */
+        for (int i = 0; i < n; i++) {
+            struct echo_conn *c = events[i].data.ptr;
+            if (c == NULL) {
+                echo_accept(epfd, listen_fd, &all);
+                continue;
+            }
+            int failed = (events[i].events & EPOLLERR) ? -1
+                         : c->rest_len ? echo_flush(epfd, c) : echo_read(epfd, c, buf);
+            if (failed)
+                echo_close(&all, c);
+        }
+    }
+    while (all)
+        echo_close(&all, all);
+    close(epfd);
+    free(buf);
+    return err;
 }

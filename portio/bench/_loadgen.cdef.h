@@ -1,4 +1,5 @@
-/* Declarations cffi sees for the load generator (portio/bench/_loadgen.c). */
+/* Declarations cffi sees for the load generator and the reference echo server
+ * (portio/bench/_loadgen.c). */
 
 struct lg_stats {
     double elapsed;            /* seconds this run_for call measured */
@@ -24,3 +25,6 @@ struct lg_session *lg_open(const char *ipv4, int port, int connections, int mess
                            int window, char *error, int error_size);
 int lg_run_for(struct lg_session *s, double seconds, struct lg_stats *out);
 int lg_close(struct lg_session *s, double drain_seconds, struct lg_totals *out);
+
+/* The peer "c-epoll": serves listen_fd until the process is killed; -errno if epoll fails. */
+int lg_echo_serve(int listen_fd);

@@ -107,6 +107,8 @@ def run_benchmark(settings: Settings, progress: ProgressLine | None = None) -> d
         "pinning": {"server": sorted(server_cpus or ()), "client": sorted(client_cpus or ())},
         "configs": [dataclasses.asdict(c) for c in configs],
         "servers": [dataclasses.asdict(s) for s in specs],
+        # "NAME: note" for every server a reader must be told about (e.g. the C floor)
+        "legend": [f"{s.name}: {s.note}" for s in specs if s.note],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if settings.echo:
@@ -138,7 +140,7 @@ def render(document: dict[str, Any], markdown: bool = False) -> str:
     if "summary" in document:
         ratios = document["ratios"]
         parts.append(report.echo_table(document["summary"], ratios["asyncio"],
-                                       ratios["uvloop"], markdown))
+                                       ratios["uvloop"], markdown, document.get("legend", ())))
         parts.append(("**Targets (issue 6)**\n\n" if markdown else "Targets (issue 6):\n")
                      + report.targets_text(document["targets"], markdown))
         parts.append(f"{document['bytes_verified']:,} echoed bytes verified.\n")
@@ -154,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns 0, or 1 when a measurement failed (e.g. a byte mismatch)."""
     parser = argparse.ArgumentParser(
         prog="python -m portio.bench",
-        description="portio's echo server against asyncio, uvloop, trio and a selectors loop, "
-                    "plus micro-benchmarks of every backend")
+        description="portio's echo server against asyncio, uvloop, trio, a selectors loop and "
+                    "a C epoll server (the floor), plus micro-benchmarks of every backend")
     parser.add_argument("--quick", action="store_true",
                         help="3 repetitions of 0.3 s (under two minutes on 2 cores)")
     parser.add_argument("--reps", type=int, help="repetitions (interleaved); full mode: 5")
@@ -196,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if "summary" in document and not args.no_chart:
         try:
             report.chart(stem.with_suffix(".png"), document["summary"],
-                         f"portio echo benchmark ({settings.mode}): median, whiskers min-max")
+                         f"portio echo benchmark ({settings.mode}): median, whiskers min-max",
+                         document.get("legend", ()))
             written.append(stem.with_suffix(".png"))
         except ImportError:
             document["notes"].append("matplotlib not installed: no chart")

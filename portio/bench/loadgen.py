@@ -5,6 +5,9 @@ measured, so the client is C: one thread, epoll, every echoed byte compared with
 on that connection.  cffi compiles it (API mode) into a per-user cache directory the first time
 it is needed; the module name carries a hash of the sources, so an edit rebuilds it.  cffi
 releases the GIL around the calls, so the Python side stays responsive.
+
+The same module carries ``lg_echo_serve``, the C reference echo server that
+:mod:`portio.bench.peers` runs as the peer ``c-epoll``.
 """
 
 from __future__ import annotations

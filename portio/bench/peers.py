@@ -10,23 +10,29 @@ prints one ready line, ``peer echo server KIND listening on HOST:PORT``, like po
 - ``trio``: one task per connection, ``receive_some`` then ``send_all``.
 - ``selectors``: a minimal hand-written ``selectors`` loop with non-blocking sockets and a
   per-connection backlog of unsent bytes (what a user writes without a framework).
+- ``c-epoll``: a C epoll echo server, the kernel floor (``lg_echo_serve`` in ``_loadgen.c``,
+  built with the load generator; Linux only): one thread, level-triggered epoll, read and
+  send.  No Python server can spend less CPU per message than the system calls it makes.
 
 Every server reads at most 64 KiB at a time and stops reading a connection whose unsent echo
-exceeds 256 KiB, so a client that never reads cannot grow the server without bound (portio's
-echo server promises the same).
+exceeds 256 KiB (``c-epoll``: any unsent echo, at most 64 KiB), so a client that never reads
+cannot grow the server without bound (portio's echo server promises the same).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
 from typing import Any
 
-__all__ = ["PEERS", "main"]
+__all__ = ["NOTES", "PEERS", "main"]
 
-PEERS = ("asyncio", "uvloop", "trio", "selectors")
+PEERS = ("asyncio", "uvloop", "trio", "selectors", "c-epoll")
+# What a reader of a table or chart must be told about a peer.
+NOTES = {"c-epoll": "a C epoll echo server, the kernel floor"}
 _CHUNK = 65536
 _HIGH_WATER = 256 * 1024
 _BACKLOG = 1024  # 100 connections at once must not overflow the accept queue
@@ -175,6 +181,22 @@ def serve_selectors(host: str, port: int) -> None:
     sel.close()
 
 
+def serve_c_epoll(host: str, port: int) -> None:
+    from portio.bench import loadgen
+
+    try:
+        module: Any = loadgen.build()
+    except RuntimeError as exc:
+        sys.exit(f"c-epoll: {exc}")
+    listener = _listener(host, port)
+    # The C loop never returns to Python, so Python's SIGINT handler (which only sets a flag)
+    # would never run: let SIGINT kill the process, as SIGTERM's default action does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _ready("c-epoll", listener)
+    err = module.lib.lg_echo_serve(listener.fileno())
+    raise OSError(-err, f"c-epoll: epoll failed: {os.strerror(-err)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one peer server until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m portio.bench.peers",
@@ -187,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_asyncio(args.host, args.port, use_uvloop=args.kind == "uvloop")
     elif args.kind == "trio":
         serve_trio(args.host, args.port)
+    elif args.kind == "c-epoll":
+        serve_c_epoll(args.host, args.port)
     else:
         serve_selectors(args.host, args.port)
     return 0

@@ -41,9 +41,11 @@ def _ratio_cell(rows: Sequence[dict[str, Any]], config: str, server: str) -> str
 
 def echo_table(summary: Sequence[dict[str, Any]], vs_asyncio: Sequence[dict[str, Any]],
                vs_uvloop: Sequence[dict[str, Any]], markdown: bool = False,
+               legend: Sequence[str] = (),
                ranges: tuple[str, ...] = ("msgs_per_s", "server_cpu_us_per_msg")) -> str:
     """One table per configuration: medians, with (min-max) for the metrics in ``ranges``, and
-    messages/s ratios against asyncio and uvloop (pairwise, median (min-max))."""
+    messages/s ratios against asyncio and uvloop (pairwise, median (min-max)); then the
+    ``legend`` lines ("NAME: what it is") for the servers a reader must be told about."""
     titles = ["server", *(c[0] for c in _COLUMNS), "vs asyncio", "vs uvloop"]
     out: list[str] = []
     configs = list(dict.fromkeys(row["config"] for row in summary))
@@ -76,6 +78,8 @@ def echo_table(summary: Sequence[dict[str, Any]], vs_asyncio: Sequence[dict[str,
                           for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
                 out.append("  ".join(padded).rstrip())
         out.append("")
+    if legend:
+        out += [f"- {line}" if markdown else f"  {line}" for line in legend] + [""]
     return "\n".join(out)
 
 
@@ -107,7 +111,7 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 def _colour(server: str) -> str:
     palette = {"asyncio": "#7f7f7f", "uvloop": "#ff7f0e", "trio": "#9467bd",
-               "selectors": "#8c564b"}
+               "selectors": "#8c564b", "c-epoll": "#222222"}
     if server in palette:
         return palette[server]
     if server.startswith("io_uring"):
@@ -115,9 +119,10 @@ def _colour(server: str) -> str:
     return "#2ca02c"
 
 
-def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
+def chart(path: Path, summary: Sequence[dict[str, Any]], title: str,
+          legend: Sequence[str] = ()) -> None:
     """A PNG: per configuration, messages/s (top) and server CPU per message (bottom) for every
-    server, bars at the median, whiskers at min and max."""
+    server, bars at the median, whiskers at min and max; the ``legend`` lines under it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,6 +160,9 @@ def chart(path: Path, summary: Sequence[dict[str, Any]], title: str) -> None:
             if row_i == 0:
                 ax.set_title(config, fontsize=10, fontweight="bold")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    footer = 0.1 * len(legend) / fig.get_figheight()  # figure fraction for 0.1 in per line
+    if legend:
+        fig.text(0.01, 0.01, "\n".join(legend), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, footer, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

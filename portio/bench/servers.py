@@ -20,7 +20,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from portio.bench.peers import PEERS
+from portio.bench import loadgen
+from portio.bench.peers import NOTES, PEERS
 
 __all__ = ["ServerProcess", "ServerSpec", "allowed_cpus", "available_servers", "pin_to"]
 
@@ -47,7 +48,8 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 @dataclasses.dataclass(frozen=True)
 class ServerSpec:
     """One server configuration: a short ``name`` for tables, the ``argv`` that starts it, and
-    ``family`` ("portio" or "peer") and ``backend``/``model``/``threads`` for portio's."""
+    ``family`` ("portio" or "peer") and ``backend``/``model``/``threads`` for portio's; ``note``
+    is what a reader of the results must be told about it (e.g. that it is the C floor)."""
 
     name: str
     argv: tuple[str, ...]
@@ -55,17 +57,34 @@ class ServerSpec:
     backend: str | None = None
     model: str | None = None
     threads: int | None = None
+    note: str | None = None
 
 
-def _peer_available(kind: str) -> bool:
-    return kind in ("asyncio", "selectors") or importlib.util.find_spec(kind) is not None
+def _why_unavailable(kind: str) -> str | None:
+    """Why the peer ``kind`` cannot run here, or None when it can."""
+    if kind in ("asyncio", "selectors"):
+        return None
+    if kind == "c-epoll":
+        if not sys.platform.startswith("linux"):
+            return "c-epoll is an epoll server (Linux only): not measured"
+        # Build it here, once: the server process then loads it from the cache instead of
+        # compiling it while its ready line is awaited.
+        try:
+            loadgen.build()
+        except RuntimeError as exc:
+            return (f"c-epoll cannot be built, it needs a C compiler and Python headers ({exc}): "
+                    "not measured")
+        return None
+    if importlib.util.find_spec(kind) is None:
+        return f"{kind} is not installed (pip install 'portio[bench]'): not measured"
+    return None
 
 
 def available_servers(backends: Sequence[str], threads: int) -> tuple[list[ServerSpec], list[str]]:
     """The servers that can run here, and notes on those that cannot.
 
     For each portio backend: the port model with 1 thread and with ``threads`` threads, and the
-    routine model; then every peer whose library is installed.
+    routine model; then every peer whose library is installed (``c-epoll``: that can be built).
     """
     specs: list[ServerSpec] = []
     notes: list[str] = []
@@ -82,11 +101,12 @@ def available_servers(backends: Sequence[str], threads: int) -> tuple[list[Serve
                 argv += ("--threads", str(count))
             specs.append(ServerSpec(name, argv, "portio", backend, model, count))
     for kind in PEERS:
-        if _peer_available(kind):
+        reason = _why_unavailable(kind)
+        if reason is None:
             specs.append(ServerSpec(kind, (sys.executable, "-m", "portio.bench.peers", kind),
-                                    "peer"))
+                                    "peer", note=NOTES.get(kind)))
         else:
-            notes.append(f"{kind} is not installed (pip install 'portio[bench]'): not measured")
+            notes.append(reason)
     return specs, notes
 
 
