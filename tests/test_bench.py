@@ -24,7 +24,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the C load generator uses epoll (Linux only)")
 
-from portio.bench import cli, loadgen, report, suite  # noqa: E402
+from portio.bench import cli, loadgen, micro, report, suite  # noqa: E402
 from portio.bench.servers import ServerProcess, available_servers  # noqa: E402
 
 SERVERS = ("asyncio", "selectors", "c-epoll")
@@ -72,7 +72,16 @@ def test_micro_rows(document: dict[str, object]) -> None:
     benches = {(r["backend"], r["bench"]) for r in micro}
     for backend in document["backends"]:  # type: ignore[attr-defined]
         assert {(backend, "post_get"), (backend, "get_many"), (backend, "file_read")} <= benches
+    assert {("(no port, no I/O)", "echo_handler"),
+            ("(no port, no I/O)", "echo_api_objects")} <= benches
     assert all(r["rate"] > 0 for r in micro)
+
+
+def test_the_floors_order_themselves() -> None:
+    """The handler alone must be cheaper than the handler plus the API's objects."""
+    handler = micro._echo_handler_floor(0.2)
+    objects = micro._echo_api_objects_floor(0.2)
+    assert handler > objects > 0
 
 
 def test_outputs_render_and_serialise(document: dict[str, object], tmp_path: Path) -> None:

@@ -7,6 +7,16 @@
 - ``file_read``: 4 KiB reads at random offsets of a page-cached file, 32 in flight, taken with
   ``get_many``; next to it, the same reads as ``os.pread`` calls from a 4-thread
   ``ThreadPoolExecutor`` (what a user does without a port), 32 in flight too.
+
+Two floors, with no port and no I/O at all, for what any Python echo server written against the
+:class:`~portio.CompletionPort` API must spend per message whatever the port does (the echo
+server's loop over a batch: a receive's completion starts a send, the send's a receive):
+
+- ``echo_handler``: that loop against a port whose methods do nothing and a fixed batch of
+  completions: the handler's own bytecode.
+- ``echo_api_objects``: the same loop against a port that does only what the API's shape asks
+  of every implementation: an ``Operation`` returned per start, held until it completes, and
+  one ``Completion`` each, handed out in batches.
 """
 
 from __future__ import annotations
@@ -110,6 +120,113 @@ def _pool_reads(path: str, blocks: int, seconds: float) -> float:
     return rate
 
 
+class _IoData:
+    __slots__ = ("buffer", "mode", "sock")
+
+    def __init__(self, sock: int) -> None:
+        self.buffer = bytearray(_BLOCK)
+        self.mode = "read"
+        self.sock = sock
+
+
+class _FloorOperation:
+    __slots__ = ("buffer", "data", "kind", "sock")
+
+    def __init__(self, kind: str, sock: int, buffer: Any, data: Any) -> None:
+        self.kind, self.sock, self.buffer, self.data = kind, sock, buffer, data
+
+
+class _FloorCompletion:
+    __slots__ = ("data", "error", "key", "kind", "nbytes", "op", "result")
+
+    def __init__(self, key: Any, op: Any, kind: str, nbytes: int, result: Any, error: Any,
+                 data: Any) -> None:
+        self.key, self.op, self.kind, self.nbytes = key, op, kind, nbytes
+        self.result, self.error, self.data = result, error, data
+
+
+class _IdlePort:
+    """Starts nothing and completes nothing: only the handler's loop is left to measure."""
+
+    def __init__(self, batch: list[_FloorCompletion]) -> None:
+        self.batch = batch
+
+    def recv(self, sock: int, buffer: bytearray, *, data: Any = None) -> None:
+        pass
+
+    def send(self, sock: int, view: memoryview, *, data: Any = None) -> None:
+        pass
+
+    def get_many(self, max_entries: int) -> list[_FloorCompletion]:
+        return self.batch
+
+
+class _ObjectsPort:
+    """What the API's shape costs with no I/O: an operation per start, kept until it
+    completes (with a 64-byte result) as a completion, handed out in batches."""
+
+    def __init__(self) -> None:
+        self.inflight: dict[int, _FloorOperation] = {}
+        self.ready: deque[_FloorCompletion] = deque()
+        self.next_id = 0
+
+    def _start(self, kind: str, sock: int, buffer: Any, data: Any) -> _FloorOperation:
+        op = _FloorOperation(kind, sock, buffer, data)
+        self.next_id += 1
+        self.inflight[self.next_id] = op
+        return op
+
+    def recv(self, sock: int, buffer: bytearray, *, data: Any = None) -> _FloorOperation:
+        return self._start("recv", sock, memoryview(buffer), data)
+
+    def send(self, sock: int, view: memoryview, *, data: Any = None) -> _FloorOperation:
+        return self._start("send", sock, view, data)
+
+    def get_many(self, max_entries: int) -> list[_FloorCompletion]:
+        ready = self.ready
+        if not ready:
+            for op in self.inflight.values():
+                ready.append(_FloorCompletion(op.sock, op, op.kind, 64, 64, None, op.data))
+            self.inflight.clear()
+        return [ready.popleft() for _ in range(min(max_entries, len(ready)))]
+
+
+def _echo_loop(port: Any, seconds: float) -> float:
+    """Messages per second of the echo server's per-completion loop on ``port``."""
+    def step() -> int:
+        completions = 0
+        for _ in range(100):
+            for completion in port.get_many(_BATCH):
+                io = completion.data
+                completions += 1
+                if io.mode == "read":
+                    io.mode = "write"
+                    port.send(io.sock, memoryview(io.buffer)[:completion.nbytes], data=io)
+                else:
+                    io.mode = "read"
+                    port.recv(io.sock, io.buffer, data=io)
+        return completions // 2  # a message is a receive and a send
+
+    return _timed(seconds, step)
+
+
+def _echo_handler_floor(seconds: float) -> float:
+    batch = []
+    for sock in range(_BATCH):
+        io = _IoData(sock)
+        io.mode = "read" if sock % 2 else "write"
+        batch.append(_FloorCompletion(sock, None, "recv", 64, 64, None, io))
+    return _echo_loop(_IdlePort(batch), seconds)
+
+
+def _echo_api_objects_floor(seconds: float) -> float:
+    port = _ObjectsPort()
+    for sock in range(100):  # 100 connections, as the 100x64B echo configuration
+        io = _IoData(sock)
+        port.recv(sock, io.buffer, data=io)
+    return _echo_loop(port, seconds)
+
+
 def run_micro(backends: list[str], seconds: float, file_mib: int = 32,
               progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run every micro-benchmark on every backend (``seconds`` each); rows of results."""
@@ -134,10 +251,16 @@ def run_micro(backends: list[str], seconds: float, file_mib: int = 32,
                 with portio.open_port(backend) as port:
                     rows.append({"backend": backend, "bench": name, "unit": unit,
                                  "rate": run(port)})
-        if sys.platform == "win32":
-            return rows  # no os.pread on Windows
+        if sys.platform != "win32":  # no os.pread on Windows
+            if progress is not None:
+                progress("micro os.pread thread pool")
+            rows.append({"backend": "os.pread+ThreadPoolExecutor(4)", "bench": "file_read",
+                         "unit": "4 KiB reads/s",
+                         "rate": _pool_reads(tmp.name, blocks, seconds)})
+    for name, floor in (("echo_handler", _echo_handler_floor),
+                        ("echo_api_objects", _echo_api_objects_floor)):
         if progress is not None:
-            progress("micro os.pread thread pool")
-        rows.append({"backend": "os.pread+ThreadPoolExecutor(4)", "bench": "file_read",
-                     "unit": "4 KiB reads/s", "rate": _pool_reads(tmp.name, blocks, seconds)})
+            progress(f"micro floor {name}")
+        rows.append({"backend": "(no port, no I/O)", "bench": name, "unit": "messages/s",
+                     "rate": floor(seconds)})
     return rows
