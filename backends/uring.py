@@ -48,14 +48,14 @@ Traps, and what this module does about them
   the port lock (every hook that writes one already holds it). When no other thread sits in
   ``io_uring_enter``, the SQE is left for the next poll, which submits the whole batch with its
   wait in one syscall; a thread that starts an operation and then blocks elsewhere would starve
-  it, so a small C flusher thread (no GIL) submits anything still deferred after 500
-  microseconds. When a poller is in the kernel, the SQE is submitted at once (that poller would
-  not see it until it wakes). The CQ is read only by the poller. Because submitters vary,
-  ``IORING_SETUP_SINGLE_ISSUER`` and ``DEFER_TASKRUN`` cannot be used (a submit from a second
-  thread gets ``-EEXIST``), and ``COOP_TASKRUN`` is unsafe: the kernel would run a socket's
-  completion work only when the *submitting* thread next enters the kernel, which a thread
-  blocked in a user-space lock never does. Both are probed and reported by
-  :func:`ring_features`, not used.
+  it, so a small C flusher thread (no GIL), ticking every 500 microseconds while submissions
+  are being deferred, submits anything still deferred a tick later. When a poller is in the
+  kernel, the SQE is submitted at once (that poller would not see it until it wakes). The CQ is
+  read only by the poller. Because submitters vary, ``IORING_SETUP_SINGLE_ISSUER`` and
+  ``DEFER_TASKRUN`` cannot be used (a submit from a second thread gets ``-EEXIST``), and
+  ``COOP_TASKRUN`` is unsafe: the kernel would run a socket's completion work only when the
+  *submitting* thread next enters the kernel, which a thread blocked in a user-space lock never
+  does. Both are probed and reported by :func:`ring_features`, not used.
 - *Threads that exit.*  A socket request's completion work runs in the task that submitted it;
   if that thread has exited, the kernel completes the request with ``-ECANCELED`` instead
   (measured on Linux 6.18), having consumed nothing.  Such a cancel that nobody asked for is
@@ -129,9 +129,10 @@ _SHUTDOWN_GRACE = 5.0
 #: Re-submissions of one operation after cancels nobody asked for (see _complete), before
 #: the cancel is delivered as an error: a bound so a kernel that keeps refusing cannot spin us.
 _MAX_RESUBMITS = 16
-#: How long (microseconds) a deferred SQE may wait for a poll to submit it before the C
-#: flusher thread does.  Pollers normally come back within microseconds; this only bounds
-#: the latency for a thread that starts an operation and then blocks on something else.
+#: The C flusher thread's tick (microseconds): a deferred SQE waits at most two ticks for a
+#: poll to submit it before the flusher does.  Pollers normally come back within
+#: microseconds; this only bounds the latency for a thread that starts an operation and then
+#: blocks on something else.
 _FLUSH_DELAY_US = 500
 #: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
 _CANCEL_WAIT = 0.5
@@ -323,8 +324,8 @@ class UringPort(PortBase):
     # io_uring_enter itself needs no lock: it only reads the published tail.
     def _push(self, args: tuple[int, ...], eager: bool = True) -> None:
         """(lock held) Queue one SQE (``pio_push`` arguments after the ring); submit it now if
-        ``eager``, else leave it for the next poll (or the C flusher thread, within
-        ``_FLUSH_DELAY_US``)."""
+        ``eager``, else leave it for the next poll (or the C flusher thread, within two
+        ``_FLUSH_DELAY_US`` ticks)."""
         lib, ring = _lib, self._ring
         if self._backlog or not lib.pio_push(ring, *args, _SUBMIT if eager else _DEFER):
             self._backlog.append(args)

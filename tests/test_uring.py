@@ -421,6 +421,23 @@ def test_a_deferred_operation_is_submitted_without_a_poll(port: Any) -> None:
         assert port.get(timeout=WAIT).result == 4
 
 
+def test_deferred_operations_are_submitted_while_the_flusher_ticks_and_after_it_slept(
+        port: Any) -> None:
+    # The flusher keeps ticking through short lulls and sleeps after ~100 ms with nothing
+    # deferred; a deferral must reach the kernel promptly in both states.
+    a, b = socket.socketpair()
+    with a, b:
+        port.register(a)
+        b.settimeout(WAIT)
+        for pause in (0.0, 0.01, 0.3, 0.0, 0.5):  # ticking, ticking, asleep, ticking, asleep
+            time.sleep(pause)
+            port.send(a, b"ping")
+            t = time.monotonic()
+            assert b.recv(4) == b"ping"
+            assert time.monotonic() - t < 0.5
+            assert port.get(timeout=WAIT).result == 4
+
+
 def test_timed_wait_without_ext_arg(port: Any) -> None:
     # Kernels before 5.11 lack IORING_FEAT_EXT_ARG: a timeout SQE bounds the wait instead.
     port._ext_arg = False

@@ -21,7 +21,7 @@ typedef struct {
     unsigned flags;           /* IORING_SETUP_* the kernel accepted */
     unsigned overflow_flushes;/* times the reaper drained the kernel's overflow list */
     unsigned busy_retries;    /* EAGAIN/EBUSY answers from io_uring_enter */
-    unsigned flush_delay_us;  /* how long a deferred SQE waits for a poll (500) */
+    unsigned flush_delay_us;  /* the flusher's tick: a deferred SQE waits <= 2 ticks (500) */
     ...;
 } pio_ring;
 
@@ -58,9 +58,9 @@ int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t le
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns);
 
 /* Mark queued SQEs as deferred to the next pio_enter(); if none comes within
- * delay_us, the ring's flusher thread (C, started on first use, stopped by
- * pio_teardown) submits them. Returns 0, or -errno if the thread could not
- * start (then submit now). */
+ * about 2 x delay_us, the ring's flusher thread (C, started on first use,
+ * stopped by pio_teardown) submits them. Returns 0, or -errno if the thread
+ * could not start (then submit now). */
 int pio_defer(pio_ring *r, unsigned delay_us);
 
 /* Kernels without IORING_FEAT_EXT_ARG: queue a timeout SQE that ends the
