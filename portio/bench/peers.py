@@ -32,7 +32,7 @@ __all__ = ["NOTES", "PEERS", "main"]
 
 PEERS = ("asyncio", "uvloop", "trio", "selectors", "c-epoll")
 # What a reader of a table or chart must be told about a peer.
-NOTES = {"c-epoll": "a C epoll echo server, the kernel floor"}
+NOTES = {"c-epoll": "a C epoll echo server reading 64 KiB at a time: the kernel floor of ping-pong"}
 _CHUNK = 65536
 _HIGH_WATER = 256 * 1024
 _BACKLOG = 1024  # 100 connections at once must not overflow the accept queue
