@@ -24,7 +24,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the C load generator uses epoll (Linux only)")
 
-from portio.bench import cli, loadgen, micro, report, suite  # noqa: E402
+from portio.bench import cli, loadgen, micro, peers, report, suite  # noqa: E402
 from portio.bench.servers import ServerProcess, available_servers  # noqa: E402
 
 SERVERS = ("asyncio", "selectors", "c-epoll")
@@ -87,13 +87,13 @@ def test_the_floors_order_themselves() -> None:
 def test_outputs_render_and_serialise(document: dict[str, object], tmp_path: Path) -> None:
     text = cli.render(document)
     assert "1x64B" in text and "asyncio" in text
-    assert "c-epoll: a C epoll echo server, the kernel floor" in text
+    assert f"c-epoll: {peers.NOTES['c-epoll']}" in text
     markdown = cli.render(document, markdown=True)
     assert "| server |" in markdown and "| c-epoll |" in markdown
     report.write_json(tmp_path / "run.json", document)
     written = json.loads((tmp_path / "run.json").read_text())
     assert written["summary"]
-    assert written["legend"] == ["c-epoll: a C epoll echo server, the kernel floor"]
+    assert written["legend"] == [f"c-epoll: {peers.NOTES['c-epoll']}"]
     pytest.importorskip("matplotlib")
     report.chart(tmp_path / "run.png", document["summary"], "test",  # type: ignore[arg-type]
                  document["legend"])  # type: ignore[arg-type]
@@ -137,7 +137,7 @@ def _echo_each(host: str, port: int, payloads: list[bytes]) -> None:
 
 def test_c_epoll_is_listed_as_the_floor_and_prints_its_ready_line(
         c_epoll: ServerProcess) -> None:
-    assert c_epoll.spec.note == "a C epoll echo server, the kernel floor"
+    assert c_epoll.spec.note == peers.NOTES["c-epoll"]
     assert c_epoll.host == "127.0.0.1" and c_epoll.port > 0 and c_epoll.alive()
 
 

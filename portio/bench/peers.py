@@ -10,9 +10,9 @@ prints one ready line, ``peer echo server KIND listening on HOST:PORT``, like po
 - ``trio``: one task per connection, ``receive_some`` then ``send_all``.
 - ``selectors``: a minimal hand-written ``selectors`` loop with non-blocking sockets and a
   per-connection backlog of unsent bytes (what a user writes without a framework).
-- ``c-epoll``: a C epoll echo server, the kernel floor (``lg_echo_serve`` in ``_loadgen.c``,
-  built with the load generator; Linux only): one thread, level-triggered epoll, read and
-  send.  No Python server can spend less CPU per message than the system calls it makes.
+- ``c-epoll``: a C epoll echo server, the kernel floor of ping-pong (``lg_echo_serve`` in
+  ``_loadgen.c``, built with the load generator; Linux only): one thread, level-triggered
+  epoll, read and send.  No Python server can spend less CPU per message than the system calls it makes.
 
 Every server reads at most 64 KiB at a time and stops reading a connection whose unsent echo
 exceeds 256 KiB (``c-epoll``: any unsent echo, at most 64 KiB), so a client that never reads
@@ -32,7 +32,7 @@ __all__ = ["NOTES", "PEERS", "main"]
 
 PEERS = ("asyncio", "uvloop", "trio", "selectors", "c-epoll")
 # What a reader of a table or chart must be told about a peer.
-NOTES = {"c-epoll": "a C epoll echo server reading 64 KiB at a time: the kernel floor of ping-pong"}
+NOTES = {"c-epoll": "a C epoll echo server (64 KiB reads): the kernel floor of ping-pong"}
 _CHUNK = 65536
 _HIGH_WATER = 256 * 1024
 _BACKLOG = 1024  # 100 connections at once must not overflow the accept queue
