@@ -12,7 +12,8 @@ prints one ready line, ``peer echo server KIND listening on HOST:PORT``, like po
   per-connection backlog of unsent bytes (what a user writes without a framework).
 - ``c-epoll``: a C epoll echo server, the kernel floor of ping-pong (``lg_echo_serve`` in
   ``_loadgen.c``, built with the load generator; Linux only): one thread, level-triggered
-  epoll, read and send.  No Python server can spend less CPU per message than the system calls it makes.
+  epoll, read and send.  No Python server can spend less CPU per message than the system
+  calls it makes.
 
 Every server reads at most 64 KiB at a time and stops reading a connection whose unsent echo
 exceeds 256 KiB (``c-epoll``: any unsent echo, at most 64 KiB), so a client that never reads
