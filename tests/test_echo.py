@@ -577,18 +577,9 @@ def test_a_streaming_client_gets_the_larger_buffer_a_chatty_one_does_not(
         payload = random.Random(7).randbytes(4 << 20)
         with socket.create_connection(address, timeout=IO_TIMEOUT) as streamer, \
                 socket.create_connection(address, timeout=IO_TIMEOUT) as chatty:
-            sender = threading.Thread(target=streamer.sendall, args=(payload,))
-            sender.start()
-            got = bytearray()
-            while len(got) < len(payload):
-                chunk = streamer.recv(1 << 20)
-                assert chunk, "the server closed the stream early"
-                got += chunk
-            sender.join(IO_TIMEOUT)
-            assert got == payload
+            assert echo_round_trip(streamer, payload) == payload
             for i in range(20):
-                chatty.sendall(b"%d" % i)
-                assert chatty.recv(100) == b"%d" % i
+                assert echo_round_trip(chatty, b"%d" % i) == b"%d" % i
             with server._clients_lock:
                 sizes = {format_address(c.address): len(c.io.buffer)
                          for c in server._clients.values()}
