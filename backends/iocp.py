@@ -117,13 +117,18 @@ def _address(sa: Any, length: int) -> Any:
 
 
 class _Native:
-    """What the kernel points at for one started operation (kept until its packet is dequeued)."""
+    """What the kernel points at for one started operation (kept until its packet is dequeued).
 
-    __slots__ = ("accept_sock", "addr", "addrlen", "bufref", "flags", "ov", "wsabuf")
+    The data buffer is not here: ``op.buffer`` (portio's own memoryview, whose export pins the
+    bytes) keeps it, and this holds only its address.  A cffi buffer object kept beside the
+    view would let the cyclic GC clear the view it exports, and CPython crashes when that
+    export is released afterwards (``tests/contract/test_lifetimes.py``)."""
+
+    __slots__ = ("accept_addrs", "accept_sock", "addr", "addrlen", "flags", "ov", "wsabuf")
 
     def __init__(self) -> None:
         self.ov = ffi.new("OVERLAPPED *")
-        self.bufref: Any = None
+        self.accept_addrs: Any = None
         self.wsabuf: Any = None
         self.flags: Any = None
         self.addr: Any = None
@@ -277,8 +282,8 @@ class IocpPort(PortBase):
         assert listener is not None
         acceptex, _, _ = self._extension(listener)
         n.accept_sock = socket.socket(listener.family, listener.type, listener.proto)
-        n.bufref = ffi.new("char[]", 2 * _ACCEPT_ADDRLEN)
-        ok = acceptex(op.entry.fd, n.accept_sock.fileno(), n.bufref, 0, _ACCEPT_ADDRLEN,
+        n.accept_addrs = ffi.new("char[]", 2 * _ACCEPT_ADDRLEN)
+        ok = acceptex(op.entry.fd, n.accept_sock.fileno(), n.accept_addrs, 0, _ACCEPT_ADDRLEN,
                       _ACCEPT_ADDRLEN, ffi.NULL, n.ov)
         if not ok and w.last_error() != w.Error.ERROR_IO_PENDING:
             code = w.last_error()
@@ -300,27 +305,26 @@ class IocpPort(PortBase):
 
     def _start_read(self, op: Operation, n: _Native) -> bool:
         assert op.buffer is not None
-        n.bufref = ffi.from_buffer(op.buffer)
         n.ov.Offset = op.offset & 0xFFFFFFFF
         n.ov.OffsetHigh = op.offset >> 32
-        return bool(_k32.ReadFile(_handle(op.entry.fd), n.bufref, len(op.buffer), ffi.NULL, n.ov))
+        return bool(_k32.ReadFile(_handle(op.entry.fd), ffi.from_buffer(op.buffer),
+                                  len(op.buffer), ffi.NULL, n.ov))
 
     def _start_write(self, op: Operation, n: _Native) -> bool:
         assert op.buffer is not None
         position = op.offset + op.sent
-        n.bufref = ffi.from_buffer(op.buffer[op.sent:])
         n.ov.Offset = position & 0xFFFFFFFF
         n.ov.OffsetHigh = position >> 32
-        return bool(_k32.WriteFile(_handle(op.entry.fd), n.bufref, len(op.buffer) - op.sent,
-                                   ffi.NULL, n.ov))
+        return bool(_k32.WriteFile(_handle(op.entry.fd), ffi.from_buffer(op.buffer[op.sent:]),
+                                   len(op.buffer) - op.sent, ffi.NULL, n.ov))
 
     @staticmethod
     def _set_wsabuf(op: Operation, n: _Native, view: memoryview | None) -> None:
         assert view is not None
-        n.bufref = ffi.from_buffer(view)
         n.wsabuf = ffi.new("WSABUF *")
         n.wsabuf.len = len(view)
-        n.wsabuf.buf = n.bufref
+        # Only the address: the bytes are kept by op.buffer (see _Native).
+        n.wsabuf.buf = ffi.from_buffer(view)
 
     def _extension(self, sock: socket.socket) -> tuple[Any, ...]:
         """AcceptEx, ConnectEx and GetAcceptExSockaddrs for ``sock``'s provider (cached)."""
@@ -403,7 +407,7 @@ class IocpPort(PortBase):
             _, _, getsockaddrs = self._extension(op.entry.sock)
             local, local_len = ffi.new("struct sockaddr **"), ffi.new("INT *")
             remote, remote_len = ffi.new("struct sockaddr **"), ffi.new("INT *")
-            getsockaddrs(n.bufref, 0, _ACCEPT_ADDRLEN, _ACCEPT_ADDRLEN, local, local_len,
+            getsockaddrs(n.accept_addrs, 0, _ACCEPT_ADDRLEN, _ACCEPT_ADDRLEN, local, local_len,
                          remote, remote_len)
             address = _address(remote[0], remote_len[0])
         except OSError:
@@ -488,7 +492,8 @@ class IocpPort(PortBase):
                         pending[key].native.accept_sock.close()
                     pending.pop(key, None)
         if pending:
-            _ABANDONED.extend(op.native for op in pending.values())
+            # The buffer too: _Native holds only its address.
+            _ABANDONED.extend((op.native, op.buffer) for op in pending.values())
         with self._lock:
             self._inflight.clear()
         # Windows wakes threads still blocked on the port with ERROR_ABANDONED_WAIT_0; Wine

@@ -360,9 +360,12 @@ class UringPort(PortBase):
     def _start(self, op: Operation) -> None:
         ffi = _ffi
         kind = op.kind
-        # op.pinned: the cffi objects whose memory the kernel reads or writes (the buffer's
-        # view, the msghdr + sockaddr scratch), held with the operation in self._inflight
-        # until its CQE: dropping them sooner would be a use-after-free.
+        # What the kernel reads or writes must stay put from submission to CQE: the buffer is
+        # held by op.buffer, portio's own memoryview (its export pins the bytes and their
+        # size), and op.pinned holds the msghdr + sockaddr scratch; the op itself is held by
+        # self._inflight until its CQE.  The cffi buffer object that yields an address lives
+        # only for the call: kept on the op, it would let the cyclic GC clear the memoryview
+        # it exports, and CPython crashes when that export is released afterwards.
         if kind == "recv" or kind == "send":  # noqa: PLR1714 (the hot path, spelled out)
             # One C call, as _sqe() would build it: a stream's receives and sends are most of
             # the operations a server starts.
@@ -371,10 +374,10 @@ class UringPort(PortBase):
             self._inflight[uid] = op
             op.native = uid
             if kind == "recv":
-                buf = op.pinned = ffi.from_buffer("char[]", op.buffer, True)  # True: writable
+                buf = ffi.from_buffer("char[]", op.buffer, True)  # True: must be writable
                 opcode, flags = _OP_RECV, 0
             else:
-                buf = op.pinned = ffi.from_buffer(op.buffer)
+                buf = ffi.from_buffer(op.buffer)
                 opcode, flags = _OP_SEND, _SEND_FLAGS
             eager = self._polling and self._poller_ident != threading.get_ident()
             if self._backlog or not _lib.pio_push_buf(self._ring, opcode, op.entry.fd, buf,
@@ -382,11 +385,7 @@ class UringPort(PortBase):
                                                       _SUBMIT if eager else _DEFER):
                 self._push(self._sqe(op), eager)  # the SQ is full: into the backlog
             return
-        if kind == "read":
-            op.pinned = ffi.from_buffer(op.buffer, require_writable=True)
-        elif kind == "write":
-            op.pinned = ffi.from_buffer(op.buffer)
-        elif kind == "accept":
+        if kind == "accept":
             msg = ffi.new("struct pio_msg *")
             msg.addrlen = 128
             op.pinned = msg
@@ -396,7 +395,7 @@ class UringPort(PortBase):
             msg = ffi.new("struct pio_msg *")
             ffi.memmove(msg.addr, raw, len(raw))
             op.pinned = (msg, len(raw))
-        else:  # recvfrom, sendto
+        elif kind in {"recvfrom", "sendto"}:
             raw = b""
             if kind == "sendto":
                 raw = _sockaddr.encode(op.entry.family or 0, op.address)
@@ -406,8 +405,8 @@ class UringPort(PortBase):
             msg = ffi.new("struct pio_msg *")
             if raw:
                 ffi.memmove(msg.addr, raw, len(raw))
-            _lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)
-            op.pinned = (msg, buf)
+            _lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)  # the iovec
+            op.pinned = msg
         uid = self._next_uid
         self._next_uid = uid + 1
         self._inflight[uid] = op
@@ -418,18 +417,17 @@ class UringPort(PortBase):
         """The ``pio_push`` arguments for (what is left of) a started operation."""
         lib, ffi = _lib, _ffi
         kind, fd, uid, pinned = op.kind, op.entry.fd, op.native, op.pinned
-        if kind == "recv":
-            return (lib.IORING_OP_RECV, 0, fd, int(ffi.cast("uintptr_t", pinned)),
-                    len(pinned), 0, 0, uid)
-        if kind == "send":  # from op.sent on: a short send re-submits the rest
-            return (lib.IORING_OP_SEND, 0, fd, int(ffi.cast("uintptr_t", pinned)) + op.sent,
-                    len(pinned) - op.sent, _SEND_FLAGS, 0, uid)
-        if kind == "read":
-            return (lib.IORING_OP_READ, 0, fd, int(ffi.cast("uintptr_t", pinned)),
-                    len(pinned), 0, op.offset, uid)
-        if kind == "write":
-            return (lib.IORING_OP_WRITE, 0, fd, int(ffi.cast("uintptr_t", pinned)) + op.sent,
-                    len(pinned) - op.sent, 0, op.offset + op.sent, uid)
+        if kind in {"recv", "send", "read", "write"}:
+            assert op.buffer is not None
+            base = int(ffi.cast("uintptr_t", ffi.from_buffer(op.buffer))) + op.sent
+            left = op.buffer.nbytes - op.sent  # a short send or write re-submits the rest
+            if kind == "recv":
+                return (lib.IORING_OP_RECV, 0, fd, base, left, 0, 0, uid)
+            if kind == "send":
+                return (lib.IORING_OP_SEND, 0, fd, base, left, _SEND_FLAGS, 0, uid)
+            if kind == "read":
+                return (lib.IORING_OP_READ, 0, fd, base, left, 0, op.offset, uid)
+            return (lib.IORING_OP_WRITE, 0, fd, base, left, 0, op.offset + op.sent, uid)
         if kind == "accept":
             return (lib.IORING_OP_ACCEPT, 0, fd, int(ffi.cast("uintptr_t", pinned.addr)), 0,
                     _ACCEPT_FLAGS,
@@ -438,8 +436,7 @@ class UringPort(PortBase):
             msg, addrlen = pinned
             return (lib.IORING_OP_CONNECT, 0, fd, int(ffi.cast("uintptr_t", msg.addr)), 0, 0,
                     addrlen, uid)
-        msg = pinned[0]
-        hdr = int(ffi.cast("uintptr_t", ffi.addressof(msg, "hdr")))
+        hdr = int(ffi.cast("uintptr_t", ffi.addressof(pinned, "hdr")))
         if kind == "sendto":
             return (lib.IORING_OP_SENDMSG, 0, fd, hdr, 1, _SENDTO_FLAGS, 0, uid)
         return (lib.IORING_OP_RECVMSG, 0, fd, hdr, 1, 0, 0, uid)
@@ -515,7 +512,8 @@ class UringPort(PortBase):
                     del inflight[uid]
                     finish(op, op.recv_result(res) if op.want_bytes else res, res)
                     continue
-                if kind == "send" and op.sent + res == len(op.pinned):
+                buffer = op.buffer
+                if kind == "send" and buffer is not None and op.sent + res == buffer.nbytes:
                     del inflight[uid]
                     op.sent += res
                     finish(op, op.sent, op.sent)
@@ -547,8 +545,9 @@ class UringPort(PortBase):
                 self._finish(op, op.recv_result(res) if op.want_bytes else res, res)
                 return
             if kind in {"send", "write"}:
+                assert op.buffer is not None
                 sent = op.sent = op.sent + res
-                if sent < len(op.pinned):
+                if sent < op.buffer.nbytes:
                     if op.cancel_error is not None or op._done:
                         self._forget_uid(uid)
                         self._finish(op, None, sent, op.cancel_error)
@@ -600,7 +599,7 @@ class UringPort(PortBase):
         elif kind == "connect":
             self._finish(op, None, 0)
         elif kind == "recvfrom":
-            msg = op.pinned[0]
+            msg = op.pinned
             namelen = min(_lib.pio_msg_namelen(msg), 128)
             address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, namelen)))
             self._finish(op, (op.recv_result(res), address), res)

@@ -452,3 +452,4 @@ def test_timed_wait_without_ext_arg(port: Any) -> None:
         threading.Timer(0.05, b.send, args=(b"late",)).start()
         c = port.get(timeout=WAIT)
         assert c.op is op and c.result == b"late"
+
