@@ -205,7 +205,9 @@ class Operation:
         self.queue = queue
         self.sent = 0
         self.cancel_error: OSError | None = None
-        #: The backend's own: its id for the operation, and what the OS must keep alive.
+        #: The backend's own: its id for the operation, and what the OS must keep alive besides
+        #: ``buffer`` (never a cffi object exporting ``buffer``: the cyclic GC could clear the
+        #: view under it, see tests/contract/test_lifetimes.py).
         self.native: Any = None
         self.pinned: Any = None
         self._started = False
