@@ -50,16 +50,51 @@ ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
 say "pytest $* (PORTIO_BACKEND=iocp, Windows CPython under Wine)"
 cd "$TARGET/run"
 junit="$TARGET/junit.xml"
-rm -f "$junit"
-set +e
-PORTIO_BACKEND=iocp \
-PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
-WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
-    timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs \
-    --junitxml="$(winpath "$junit")" "$@"
-status=$?
-set -e
-say "pytest exit status $status"
+run_pytest() {  # sets $status; the junit report is written afresh
+    rm -f "$junit"
+    set +e
+    PORTIO_BACKEND=iocp \
+    PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
+    WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
+        timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs \
+        --junitxml="$(winpath "$junit")" "$@"
+    status=$?
+    set -e
+    say "pytest exit status $status"
+}
+run_pytest "$@"
+# Wine's CreateProcess now and then fails with ERROR_INTERNAL_ERROR (WinError 1359) under load:
+# a Wine fault, not portio's (seen once in ~6 runs, in a test that only spawns a client).  If
+# that is the only reason any test failed, run exactly those tests once more, say so, and let
+# that run decide.  Any other failure is reported as it is.
+if [ $status -ne 0 ] && [ -f "$junit" ]; then
+    rerun=$(python3 - "$junit" "$TARGET/run/tests" <<'PY'
+import os
+import sys
+import xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+failed = [case for case in root.iter("testcase")
+          if case.find("failure") is not None or case.find("error") is not None]
+def wine_spawn_fault(case):
+    return any("WinError 1359" in (el.get("message", "") + (el.text or ""))
+               for el in case if el.tag in ("failure", "error"))
+if not failed or not all(wine_spawn_fault(case) for case in failed):
+    sys.exit(0)
+for case in failed:  # classname "tests.test_echo" (or "...test_x.TestClass"), name "test_y[param]"
+    parts = case.get("classname", "").split(".")
+    for cut in range(len(parts), 0, -1):
+        if os.path.isfile(os.path.join(os.path.dirname(sys.argv[2]), *parts[:cut]) + ".py"):
+            print("::".join(["/".join(parts[:cut]) + ".py", *parts[cut:], case.get("name", "")]))
+            break
+PY
+) || rerun=""  # an unreadable report: no re-run, the verdict below says why
+    if [ -n "$rerun" ]; then
+        mapfile -t rerun_ids <<< "$rerun"
+        say "only Wine's CreateProcess failed (WinError 1359); running those tests again:"
+        printf '    %s\n' "${rerun_ids[@]}" >&2
+        run_pytest "${rerun_ids[@]}"
+    fi
+fi
 # A Wine process killed under us (a wineserver stopped by another run, say) can exit 0 without
 # a verdict: trust only a report that pytest finished writing, with tests and no failures.
 if [ $status -eq 0 ]; then
