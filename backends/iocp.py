@@ -162,6 +162,7 @@ class IocpPort(PortBase):
         self._entries_buf = ffi.new("OVERLAPPED_ENTRY[]", _BATCH)  # only the poller uses it
         self._removed = ffi.new("ULONG *")
         self._extensions: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._constructed = True
 
     # ------------------------------------------------------------------ handles
     def _attach(self, entry: HandleEntry) -> None:

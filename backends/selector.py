@@ -79,6 +79,7 @@ class SelectorPort(PortBase):
         self._wake_pending = False
         self._selector.register(self._wake_reader, _READ, None)
         self._interest: dict[int, int] = {}
+        self._constructed = True
 
     # ------------------------------------------------------------------ handles
     def _attach(self, entry: HandleEntry) -> None:

@@ -308,6 +308,7 @@ class UringPort(PortBase):
         self._wake_pending = False
         self._ring_open = True
         self._cqes = _ffi.new("pio_cqe[]", _REAP_BATCH)
+        self._constructed = True
 
     @property
     def ring_info(self) -> dict[str, int]:

@@ -33,17 +33,22 @@ operation until the OS has let go of the buffer, even after a cancel or a close.
 
 from __future__ import annotations
 
+import _thread
 import abc
+import contextlib
 import errno
 import heapq
 import io
 import itertools
 import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -61,6 +66,18 @@ MAX_IO_SIZE = 0x7FFFF000
 _CAP_RECHECK = 0.5
 #: ``post(nbytes=)`` is a DWORD on Windows.
 MAX_POST_NBYTES = 0xFFFFFFFF
+#: The longest single OS wait (seconds).  A longer timeout is served by waiting again: epoll
+#: takes an int of milliseconds (24.8 days), Windows a DWORD of them (49.7 days), io_uring
+#: nanoseconds in 64 bits, so any timeout, 1e300 s included, must be cut into waits.
+_MAX_OS_WAIT = 3600.0
+#: How long completions the OS has finished may wait while the queue is never empty (posts
+#: keep it busy): a thread that takes from the queue reaps the OS first once this has passed.
+_REAP_INTERVAL = 0.002
+#: ``bytes`` of a ``sun_path`` (``struct sockaddr_un``): 104 on the BSDs and macOS, 108 else.
+_SUN_PATH_MAX = 104 if sys.platform == "darwin" or "bsd" in sys.platform else 108
+#: Dead deadline entries (operations that completed first) tolerated before the heap is
+#: rebuilt: beyond this and beyond half the heap, they are swept out (as asyncio does).
+_DEAD_TIMERS_SWEEP = 64
 
 # A descriptor is a C int on POSIX; a SOCKET/HANDLE is pointer-sized on Windows.
 _MAX_HANDLE = 2**64 - 1 if os.name == "nt" else 2**31 - 1
@@ -165,10 +182,10 @@ class Operation:
     """
 
     __slots__ = (
-        "_deadline",
         "_done",
         "_port",
         "_started",
+        "_timer",
         "address",
         "buffer",
         "callback",
@@ -186,10 +203,13 @@ class Operation:
         "want_bytes",
     )
 
-    def __init__(self, port: PortBase, kind: OperationKind, entry: HandleEntry, handle: Handle,
-                 data: Any, callback: Callback | None, timeout: float | None,
+    def __init__(self, port: weakref.ref[PortBase], kind: OperationKind, entry: HandleEntry,
+                 handle: Handle, data: Any, callback: Callback | None, timeout: float | None,
                  buffer: memoryview | None, want_bytes: bool, offset: int,
                  address: Any, queue: deque[Operation] | None) -> None:
+        # A weak reference: an operation must not keep its port alive, so that a port dropped
+        # without close() is collected (and releases its OS objects) even while operations,
+        # or completions holding them, are still referenced.
         self._port = port
         self.kind: OperationKind = kind
         self.entry = entry
@@ -212,7 +232,9 @@ class Operation:
         self.pinned: Any = None
         self._started = False
         self._done = False
-        self._deadline = math.inf
+        #: Its entry ``[deadline, sequence, op]`` in the port's deadline heap, if it has a
+        #: timeout: the entry lets go of the operation the moment it completes.
+        self._timer: list[Any] | None = None
 
     @property
     def done(self) -> bool:
@@ -226,7 +248,10 @@ class Operation:
         the OS finishes the operation before the cancel reaches it, the real result is delivered
         instead: received bytes are never dropped.  Either way it completes exactly once.
         """
-        return self._port._cancel_operation(self, OperationCancelled())
+        port = self._port()
+        if port is None:
+            return False  # the port was collected: it was closed, and so was this operation
+        return port._cancel_operation(self, OperationCancelled())
 
     def recv_result(self, nbytes: int) -> bytes | int:
         """The result of a receive of ``nbytes``: a copy of the bytes when the caller passed a
@@ -358,12 +383,13 @@ class CompletionPort(abc.ABC):
 class _Waiter:
     """A thread blocked in get/get_many (wants "get") or dispatch (wants "dispatch")."""
 
-    __slots__ = ("cond", "notified", "wants")
+    __slots__ = ("cond", "ident", "notified", "wants")
 
-    def __init__(self, lock: threading.Lock, wants: str) -> None:
+    def __init__(self, lock: threading.RLock, wants: str) -> None:
         self.cond = threading.Condition(lock)
         self.wants = wants
         self.notified = False
+        self.ident = threading.get_ident()
 
 
 def _check_timeout(timeout: float | None, what: str) -> float | None:
@@ -456,27 +482,154 @@ def _fileno_of(handle: Handle) -> int:
 
 
 def _resolve_address(sock: socket.socket, address: Any, what: str) -> Any:
-    """A numeric address for ``sock``'s family, so backends never resolve names themselves."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        if not isinstance(address, tuple) or len(address) not in (2, 4):
+    """A numeric, checked address for ``sock``'s family, so that backends never resolve names
+    and never copy more than a ``struct sockaddr`` holds.  Called *without* the port lock: a
+    host name costs a ``getaddrinfo``, which may take seconds (``socket.gaierror`` if it fails).
+    """
+    family = sock.family
+    if family in (socket.AF_INET, socket.AF_INET6):
+        if not isinstance(address, tuple) or len(address) not in ((2, 4) if family ==
+                                                                  socket.AF_INET6 else (2,)):
             raise TypeError(f"{what}() address must be a (host, port) tuple for "
-                            f"{sock.family.name}, not {address!r}")
+                            f"{family.name}, not {address!r}")
         host, port_number = address[0], address[1]
         if not isinstance(host, str) or isinstance(port_number, bool) \
                 or not isinstance(port_number, int):
             raise TypeError(f"{what}() address must be (str host, int port), not {address!r}")
         if not 0 <= port_number <= 65535:
             raise ValueError(f"{what}() port must be 0-65535, got {port_number}")
-        infos = socket.getaddrinfo(host, port_number, sock.family, sock.type)
+        if len(address) == 4:
+            flowinfo, scope_id = address[2], address[3]
+            if isinstance(flowinfo, bool) or not isinstance(flowinfo, int) \
+                    or isinstance(scope_id, bool) or not isinstance(scope_id, int):
+                raise TypeError(f"{what}() flowinfo and scope_id must be ints, not {address!r}")
+            if not 0 <= flowinfo < 2**20 or not 0 <= scope_id < 2**32:
+                raise ValueError(f"{what}() flowinfo must be 0..2**20-1 and scope_id "
+                                 f"0..2**32-1, got {address!r}")
+        try:  # a numeric host needs no resolver (the hot path of sendto)
+            socket.inet_pton(family, host)
+            return address
+        except (OSError, ValueError):
+            pass
+        if "\0" in host:
+            raise ValueError(f"{what}() host contains a NUL character: {host!r}")
+        infos = socket.getaddrinfo(host, port_number, family, sock.type)
         resolved: Any = infos[0][4]
-        if sock.family == socket.AF_INET6 and len(address) == 4:
+        if family == socket.AF_INET6 and len(address) == 4:
             resolved = (resolved[0], resolved[1], address[2], address[3])
         return resolved
-    if hasattr(socket, "AF_UNIX") and sock.family == socket.AF_UNIX:
+    if hasattr(socket, "AF_UNIX") and family == socket.AF_UNIX:
         if not isinstance(address, (str, bytes)):
             raise TypeError(f"{what}() address must be a path for AF_UNIX, not {address!r}")
+        path = os.fsencode(address)
+        if len(path) > _SUN_PATH_MAX:
+            raise ValueError(f"{what}() AF_UNIX path is {len(path)} bytes; sun_path holds at "
+                             f"most {_SUN_PATH_MAX}")
+        if path and path[0] != 0 and 0 in path:
+            raise ValueError(f"{what}() AF_UNIX path contains a NUL character: {address!r}")
         return address
     return address
+
+
+# ---------------------------------------------------------------------- signals and fork
+# Ctrl-C.  Python runs a signal handler in the main thread between two bytecodes, so its
+# KeyboardInterrupt can surface in the middle of the port's bookkeeping: between taking a
+# completion and returning it, between starting an operation and recording it.  Rather than
+# make every line of the port safe against an exception that may come from anywhere, the port
+# keeps Ctrl-C out of its own code, as trio does: while Python's *default* SIGINT handler is in
+# place, it is replaced (once, from the main thread) by one that behaves the same outside the
+# port, and inside it only records the interrupt.  The interrupt is then raised at a safe
+# point: where a waiting thread loops (``_wait_until``), or as soon as the main thread is back
+# in the caller's code (a helper thread re-raises the signal every millisecond and wakes the
+# main thread's waits until it is delivered).  A handler the user installed is left alone.
+
+#: Modules whose frames are "inside the port", and modules the port calls whose frames are
+#: looked through to their caller.
+_PORT_MODULES = frozenset({"portio._port", "portio._files", "portio._sockaddr", "portio.errors"})
+_LIBRARY_MODULES = frozenset({
+    "threading", "selectors", "socket", "heapq", "weakref", "_weakrefset", "warnings", "enum",
+    "collections", "os", "time", "abc", "io", "struct", "types", "typing", "signal"})
+#: Every port not yet collected: for the fork handler and to wake the main thread's waits.
+_PORTS: weakref.WeakSet[PortBase] = weakref.WeakSet()
+_MAIN_IDENT: int = threading.main_thread().ident or 0
+_interrupt_pending = False  # a Ctrl-C arrived inside the port and is not delivered yet
+_interrupt_retrip = False  # the next SIGINT is the helper's re-raise, not a new Ctrl-C
+_interrupt_handler_checked = False
+
+
+def _inside_port(frame: Any) -> bool:
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name in _LIBRARY_MODULES:
+            frame = frame.f_back
+            continue
+        return name in _PORT_MODULES or name.startswith("portio.backends.")
+    return False
+
+
+def _sigint_handler(signum: int, frame: Any) -> None:
+    """Python's default SIGINT behaviour, except that a KeyboardInterrupt is never raised in
+    the middle of the port's own code: there it waits for a safe point (see above)."""
+    global _interrupt_pending, _interrupt_retrip
+    if _interrupt_retrip:
+        _interrupt_retrip = False
+        if not _interrupt_pending:
+            return  # delivered at a safe point meanwhile
+    if not _inside_port(frame):
+        _interrupt_pending = False
+        raise KeyboardInterrupt
+    if not _interrupt_pending:
+        _interrupt_pending = True
+        threading.Thread(target=_deliver_interrupt, name="portio-sigint", daemon=True).start()
+
+
+def _deliver_interrupt() -> None:
+    global _interrupt_retrip
+    while _interrupt_pending:
+        for port in list(_PORTS):
+            port._wake_thread(_MAIN_IDENT)  # a main thread blocked in the port loops, and raises
+        time.sleep(0.001)
+        if _interrupt_pending:
+            _interrupt_retrip = True
+            _thread.interrupt_main(signal.SIGINT)  # the main thread may be back in user code
+
+
+def _raise_pending_interrupt() -> None:
+    """(a safe point, in the main thread) Raise the Ctrl-C that arrived inside the port."""
+    global _interrupt_pending
+    _interrupt_pending = False
+    raise KeyboardInterrupt
+
+
+def _protect_from_keyboard_interrupt() -> None:
+    global _interrupt_handler_checked
+    if _interrupt_handler_checked or threading.get_ident() != _MAIN_IDENT:
+        return  # signal.signal() works only in the main thread
+    _interrupt_handler_checked = True
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _sigint_handler)
+    except (ValueError, OSError):  # an embedded interpreter without signal support
+        pass
+
+
+def _after_fork_in_child() -> None:
+    for port in list(_PORTS):
+        port._inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _BorrowedSocket(socket.socket):
+    """A socket object over a descriptor the caller registered as an int: the port needs the
+    socket API on it, but the number stays the caller's, so collecting this object (when the
+    port is dropped, in whatever order the GC finalizes a cycle) never closes it."""
+
+    def __del__(self) -> None:
+        if self.fileno() >= 0:
+            self.detach()
 
 
 def _default_concurrency() -> int:
@@ -539,8 +692,13 @@ class PortBase(CompletionPort):
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 means one per CPU), got {concurrency}")
         self._concurrency = concurrency or _default_concurrency()
-        self._lock = threading.Lock()
+        # Reentrant, so that a signal handler or a finalizer that runs while this thread is
+        # inside the port (and calls post() or close()) cannot deadlock it; see _nested().
+        self._lock = threading.RLock()
         self._closed = False
+        self._closing = False  # close() has begun (it may finish in another thread)
+        self._forked = False  # this is a child's copy of a port inherited across fork()
+        self._weakself = weakref.ref(self)  # what operations hold (see Operation.__init__)
         self._entries: dict[int, HandleEntry] = {}
         self._ready: deque[Completion] = deque()
         self._routines: deque[tuple[Callback, Completion]] = deque()
@@ -551,10 +709,16 @@ class PortBase(CompletionPort):
         self._poller_wants = ""
         self._poll_until = math.inf
         self._idle = threading.Condition(self._lock)  # notified when the poller leaves _poll
-        self._deadlines: list[tuple[float, int, Operation]] = []
+        self._last_poll = 0.0  # time.monotonic() when a poll last returned
+        # [deadline, sequence, op-or-None] lists (see Operation._timer); dead: op completed
+        self._deadlines: list[list[Any]] = []
+        self._dead_timers = 0
         self._sequence = itertools.count()
         self._starting = False
         self._start_later: list[deque[Operation]] = []
+        self._constructed = False  # set by the backend's __init__ once its OS objects exist
+        _PORTS.add(self)
+        _protect_from_keyboard_interrupt()
 
     @property
     def concurrency(self) -> int:
@@ -572,6 +736,7 @@ class PortBase(CompletionPort):
     # ------------------------------------------------------------------ registration
     def register(self, handle: Handle, key: Any = None) -> None:
         fd = _fileno_of(handle)
+        self._check_not_nested("register")
         with self._lock:
             self._check_open()
             old = self._entries.get(fd)
@@ -584,7 +749,14 @@ class PortBase(CompletionPort):
                 if old.owns_wrapper and old.sock is not None:
                     old.sock.detach()  # its fd number now belongs to someone else
             entry = self._make_entry(fd, handle, key)
-            self._attach(entry)
+            try:
+                self._attach(entry)
+            except OSError as exc:
+                # e.g. closed by another thread since fileno() was read: nothing was attached
+                if entry.owns_wrapper and entry.sock is not None:
+                    entry.sock.detach()
+                raise ValueError(f"handle {handle!r} (fd {fd}) cannot be registered: "
+                                 f"{exc}") from exc
             self._entries[fd] = entry
 
     @staticmethod
@@ -602,7 +774,7 @@ class PortBase(CompletionPort):
             return HandleEntry(fd, handle, key, None, owns_wrapper=False, seekable=True)
         try:
             # Raises for a descriptor that is not a socket (ENOTSOCK), which classifies it.
-            wrapper = socket.socket(fileno=fd)
+            wrapper = _BorrowedSocket(fileno=fd)
         except OverflowError:
             raise ValueError(f"handle {handle!r} is not a valid descriptor") from None
         except OSError as exc:
@@ -618,11 +790,36 @@ class PortBase(CompletionPort):
         if entry is None:
             raise ValueError(f"{what}() on handle {handle!r} (fd {fd}), which is not registered "
                              "with this port: call register() first")
+        if entry.obj is not handle:
+            self._check_same_handle(entry, handle, what)
         return entry
+
+    def _check_same_handle(self, entry: HandleEntry, handle: Handle, what: str) -> None:
+        """``handle`` has the number of ``entry`` but is another object: accept it only if it
+        is the same open descriptor (the registered object is still open with that number).
+        A number registered as an int stands for whatever holds it: the caller owns it."""
+        if isinstance(entry.obj, int) or not self._is_stale(entry):
+            return
+        raise ValueError(
+            f"{what}() on handle {handle!r} (fd {entry.fd}), which is not registered with this "
+            f"port: that number belonged to {entry.obj!r}, closed without close_handle() and "
+            "reused by the OS; call register() first")
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise PortClosed("the completion port was inherited across fork(); it belongs "
+                                 "to the parent process: open a new port in the child")
             raise PortClosed("the completion port is closed")
+
+    def _check_not_nested(self, what: str) -> None:
+        """Refuse a call made from a signal handler or a finalizer that interrupted this very
+        thread inside the port (its state is half-updated there); only post() and close()
+        are safe in that position."""
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError(f"{what}() was called from a signal handler or a finalizer "
+                               "that interrupted this thread inside the same port; only "
+                               "post() and close() may be called there")
 
     # ------------------------------------------------------------------ operations
     def accept(self, sock: Handle, *, data: Any = None, timeout: float | None = None,
@@ -631,7 +828,8 @@ class PortBase(CompletionPort):
 
     def connect(self, sock: Handle, address: Any, *, data: Any = None,
                 timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        return self._submit("connect", sock, data, timeout, callback, None, address=address)
+        return self._submit("connect", sock, data, timeout, callback, None,
+                            address=self._address_for(sock, address, "connect"))
 
     def recv(self, sock: Handle, size_or_buffer: int | Any, *, data: Any = None,
              timeout: float | None = None, callback: Callback | None = None) -> Operation:
@@ -650,8 +848,22 @@ class PortBase(CompletionPort):
 
     def sendto(self, sock: Handle, data_: Any, address: Any, *, data: Any = None,
                timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        return self._submit("sendto", sock, data, timeout, callback,
-                            _readable_buffer(data_, "sendto"), address=address)
+        buffer = _readable_buffer(data_, "sendto")
+        return self._submit("sendto", sock, data, timeout, callback, buffer,
+                            address=self._address_for(sock, address, "sendto"))
+
+    def _address_for(self, sock: Handle, address: Any, what: str) -> Any:
+        """``address`` resolved for ``sock``'s family, before the port lock is taken (see
+        ``_resolve_address``)."""
+        entry = self._entries.get(_fileno_of(sock))  # a read: only family and type are used
+        if entry is None:
+            with self._lock:
+                self._check_open()
+                entry = self._entry_for(sock, what)  # raises, saying why
+        if entry.sock is None:
+            raise ValueError(f"{what}() needs a socket; fd {entry.fd} is not one "
+                             "(use read()/write() for files)")
+        return _resolve_address(entry.sock, address, what)
 
     def read(self, file: Handle, size_or_buffer: int | Any, offset: int, *, data: Any = None,
              timeout: float | None = None, callback: Callback | None = None) -> Operation:
@@ -671,11 +883,14 @@ class PortBase(CompletionPort):
             timeout = _check_timeout(timeout, f"{kind}() timeout")
         if callback is not None and not callable(callback):
             raise TypeError(f"{kind}() callback must be callable, not {type(callback).__name__}")
-        with self._lock:
+        lock = self._lock
+        if lock._is_owned():  # type: ignore[attr-defined]
+            self._check_not_nested(kind)
+        with lock:
             if self._closed:
-                raise PortClosed("the completion port is closed")
+                self._check_open()
             entry = self._entries.get(_fileno_of(handle))
-            if entry is None:
+            if entry is None or entry.obj is not handle:
                 entry = self._entry_for(handle, kind)  # raises, saying why
             direction = _DIRECTION.get(kind)
             queue: deque[Operation] | None = None
@@ -683,22 +898,21 @@ class PortBase(CompletionPort):
                 if entry.sock is None:
                     raise ValueError(f"{kind}() needs a socket; fd {entry.fd} is not one "
                                      "(use read()/write() for files)")
-                if kind in {"connect", "sendto"}:
-                    address = _resolve_address(entry.sock, address, kind)
                 queue = entry.inbound if direction == "in" else entry.outbound
             elif entry.sock is not None or not entry.seekable:
                 raise io.UnsupportedOperation(
                     f"{kind}() needs a file that supports offsets; fd {entry.fd} is "
                     + ("a socket (use recv()/send())" if entry.sock is not None
                        else "not seekable (a pipe or a terminal?)"))
-            op = Operation(self, kind, entry, handle, data, callback, timeout, buffer,
+            op = Operation(self._weakself, kind, entry, handle, data, callback, timeout, buffer,
                            want_bytes, offset, address, queue)
             if queue is None:
                 entry.pending[op] = None
             if timeout is not None:
-                op._deadline = time.monotonic() + timeout
-                heapq.heappush(self._deadlines, (op._deadline, next(self._sequence), op))
-                if self._polling and op._deadline < self._poll_until:
+                deadline = time.monotonic() + timeout
+                op._timer = timer = [deadline, next(self._sequence), op]
+                heapq.heappush(self._deadlines, timer)
+                if self._polling and deadline < self._poll_until:
                     self._wakeup()  # the poller sleeps past this deadline
             if queue is None:  # file I/O carries its offset: it starts at once
                 op._started = True
@@ -761,6 +975,8 @@ class PortBase(CompletionPort):
         if op._done:
             return False
         op._done = True
+        if op._timer is not None:
+            self._drop_timer(op)
         entry = op.entry
         queue = op.queue
         if queue is None:
@@ -809,13 +1025,39 @@ class PortBase(CompletionPort):
             raise TypeError(f"post() nbytes must be an int, not {type(nbytes).__name__}")
         if not 0 <= nbytes <= MAX_POST_NBYTES:
             raise ValueError(f"post() nbytes must be between 0 and {MAX_POST_NBYTES}, got {nbytes}")
+        completion = Completion(key, None, "post", nbytes, None, None, data)
+        # True when a signal handler or a finalizer interrupted this thread inside the port.
+        nested = self._lock._is_owned()  # type: ignore[attr-defined]
         with self._lock:
             self._check_open()
-            self._ready.append(Completion(key, None, "post", nbytes, None, None, data))
-            self._wake_one("get")
+            self._ready.append(completion)
+            if not nested:
+                self._wake_one("get")
+                return
+        # The interrupted code may be half-way through the waiters or the backend's OS
+        # object, so the wake-up waits for it to let go of the lock, in another thread.
+        threading.Thread(target=self._wake_later, name="portio-post", daemon=True).start()
+
+    def _wake_later(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._wake_one("get")
+
+    def _wake_thread(self, ident: int) -> None:
+        """Make thread ``ident``'s wait in this port return to its loop (see _sigint_handler)."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._polling and self._poller_ident == ident:
+                self._wakeup()
+            for waiter in self._waiters:
+                if waiter.ident == ident:
+                    waiter.notified = True
+                    waiter.cond.notify()
 
     # ------------------------------------------------------------------ cancellation
     def _cancel_operation(self, op: Operation, error: OSError) -> bool:
+        self._check_not_nested("cancel")
         with self._lock:
             if op._done or self._closed:
                 return False
@@ -831,18 +1073,38 @@ class PortBase(CompletionPort):
         else:
             self._finish(op, None, 0, error)
 
+    def _drop_timer(self, op: Operation) -> None:
+        """(lock held) ``op`` completed before its deadline: its heap entry lets go of it at
+        once (a server with keep-alive timeouts must not hold every finished operation, its
+        buffer and its data, until the deadline), and dead entries are swept out in bulk."""
+        assert op._timer is not None
+        op._timer[2] = None
+        op._timer = None
+        self._dead_timers += 1
+        heap = self._deadlines
+        if self._dead_timers > _DEAD_TIMERS_SWEEP and self._dead_timers * 2 > len(heap):
+            heap[:] = [timer for timer in heap if timer[2] is not None]
+            heapq.heapify(heap)
+            self._dead_timers = 0
+
     def _expire_deadlines(self) -> None:
         now = time.monotonic()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, op = heapq.heappop(self._deadlines)
-            if not op._done:
-                assert op.timeout is not None
-                self._cancel_locked(op, operation_timed_out(op.kind, op.timeout))
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            op = heapq.heappop(heap)[2]
+            if op is None:
+                self._dead_timers -= 1
+                continue
+            op._timer = None
+            assert op.timeout is not None
+            self._cancel_locked(op, operation_timed_out(op.kind, op.timeout))
 
     def _next_deadline(self) -> float:
-        while self._deadlines and self._deadlines[0][2]._done:
-            heapq.heappop(self._deadlines)  # lazily drop deadlines of finished operations
-        return self._deadlines[0][0] if self._deadlines else math.inf
+        heap = self._deadlines
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)  # the deadline of an operation that completed first
+            self._dead_timers -= 1
+        return heap[0][0] if heap else math.inf
 
     # ------------------------------------------------------------------ waiting
     def get(self, timeout: float | None = None) -> Completion:
@@ -863,6 +1125,8 @@ class PortBase(CompletionPort):
     def _take(self, max_entries: int, timeout: float | None) -> list[Completion]:
         me = threading.get_ident()
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            self._check_not_nested("get")
         with self._lock:
             self._active.discard(me)  # calling get again ends this thread's turn
             if not self._wait_until(self._can_take, "get", deadline):
@@ -870,9 +1134,19 @@ class PortBase(CompletionPort):
             ready = self._ready
             taken = [ready.popleft() for _ in range(min(max_entries, len(ready)))]
             self._active.add(me)
+            self._reap_if_due("get")
             if ready:
                 self._wake_one("get")  # more is queued: let another thread take it
             return taken
+
+    def _reap_if_due(self, wants: str) -> None:
+        """(lock held, after taking) The queue may never empty (posts keep it busy), so no
+        thread would ever wait in the OS: reap it without waiting now and then, so that the
+        OS's completions join the queue in bounded time whatever it holds."""
+        if not self._polling:
+            now = time.monotonic()
+            if now - self._last_poll >= _REAP_INTERVAL:
+                self._poll_once(wants, now, now)
 
     def _can_take(self) -> bool:
         if not self._ready:
@@ -887,11 +1161,15 @@ class PortBase(CompletionPort):
     def dispatch(self, timeout: float | None = None) -> int:
         timeout = _check_timeout(timeout, "dispatch() timeout")
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        self._check_not_nested("dispatch")
         with self._lock:
             if not self._wait_until(lambda: bool(self._routines), "dispatch", deadline):
                 return 0
             batch = list(self._routines)
             self._routines.clear()
+            self._reap_if_due("dispatch")
+            if self._routines:
+                self._wake_one("dispatch")  # reaped just now: another dispatcher may run them
         for ran, (callback, completion) in enumerate(batch):
             try:
                 callback(completion)
@@ -908,23 +1186,27 @@ class PortBase(CompletionPort):
         stack of waiters until it leaves."""
         waiter: _Waiter | None = None
         took = False
+        polled = False
         try:
             while True:
+                if _interrupt_pending and threading.get_ident() == _MAIN_IDENT:
+                    _raise_pending_interrupt()  # a safe point: nothing is half-done here
                 self._check_open()
                 if ready():
                     took = True
                     return True
                 now = time.monotonic()
-                if now >= deadline:
-                    return False
                 # A thread the cap holds back does not even poll: what it reaped it could not
                 # take, and the running thread polls itself when it next finds nothing queued.
                 capped = wants == "get" and len(self._active) >= self._concurrency
+                if now >= deadline and (polled or capped or self._polling):
+                    return False  # (a zero timeout still looks at the OS once)
                 if not self._polling and not capped:
                     if waiter is not None:  # a poller is woken through the OS, not a condition
                         self._waiters.remove(waiter)
                         waiter = None
                     self._poll_once(wants, min(deadline, self._next_deadline()), now)
+                    polled = True
                     continue
                 if waiter is None:
                     waiter = _Waiter(self._lock, wants)
@@ -935,7 +1217,7 @@ class PortBase(CompletionPort):
                     # Nobody wakes a thread the cap holds back when a running thread ends
                     # instead of calling get again: so look again now and then.
                     wait = min(wait, _CAP_RECHECK)
-                waiter.cond.wait(None if wait == math.inf else wait)
+                waiter.cond.wait(min(wait, threading.TIMEOUT_MAX, _MAX_OS_WAIT))
         finally:
             if waiter is not None:
                 self._waiters.remove(waiter)
@@ -957,27 +1239,33 @@ class PortBase(CompletionPort):
         self._poll_until = until
         self._lock.release()
         try:
-            self._poll(None if until == math.inf else max(0.0, until - now))
+            self._poll(None if until == math.inf else min(max(0.0, until - now), _MAX_OS_WAIT))
         finally:
             self._lock.acquire()
             self._polling = False
             self._poll_until = math.inf
+            self._last_poll = time.monotonic()
             self._idle.notify_all()
         if not self._closed:
             self._expire_deadlines()
 
     # ------------------------------------------------------------------ closing
     def close_handle(self, handle: Handle) -> None:
+        self._check_not_nested("close_handle")
         with self._lock:
             self._check_open()
             entry = self._entry_for(handle, "close_handle")
             self._forget(entry)
-        if entry.owns_wrapper:
-            assert entry.sock is not None
-            entry.sock.close()  # the wrapper owns the fd number the user gave us
-        elif hasattr(entry.obj, "close"):
-            entry.obj.close()
-        elif isinstance(entry.obj, int):
+        obj = entry.obj
+        if not isinstance(obj, int) and callable(getattr(obj, "close", None)):
+            # Through the object, which owns the number: closing the number under it would
+            # let the object close it again later, killing whatever reused it.
+            if entry.owns_wrapper and entry.sock is not None:
+                entry.sock.detach()
+            obj.close()
+        elif entry.owns_wrapper and entry.sock is not None:
+            entry.sock.close()  # an int that is a socket: the wrapper closes the number
+        else:
             self._close_int_handle(entry.fd)
 
     def _close_int_handle(self, fd: int) -> None:
@@ -1001,28 +1289,80 @@ class PortBase(CompletionPort):
         del self._entries[entry.fd]
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            # A signal handler or a finalizer interrupted this thread inside the port: its
+            # state is half-updated, so the port refuses work from now on and another thread
+            # finishes the close as soon as the interrupted code lets go of the lock.
             self._closed = True
-            for entry in self._entries.values():
-                for op in entry.operations():
+            threading.Thread(target=self._close_now, name="portio-close", daemon=True).start()
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        # Nothing of the user's is dropped, and no user code runs, under the lock: the queued
+        # completions and every operation (with its buffer and data=) are moved out and let go
+        # of at the end, so a finalizer that calls the port finds it closed, not deadlocked.
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = self._closed = True
+            if self._forked:
+                entries = list(self._entries.values())
+                self._entries.clear()
+                dropped: list[Any] = [self._ready, self._routines, entries]
+                self._ready, self._routines = deque(), deque()
+            else:
+                operations = [op for entry in self._entries.values()
+                              for op in entry.operations()]
+                for op in operations:
                     op._done = True  # cancelled, never delivered: the port is gone
                     op.cancel_error = OperationCancelled("port closed")
-            self._ready.clear()
-            self._routines.clear()
-            for waiter in self._waiters:
-                waiter.notified = True
-                waiter.cond.notify()
-            while self._polling:
-                self._wakeup()
-                self._idle.wait(0.05)  # the poller must leave the OS wait before we free it
-            entries = list(self._entries.values())
-            self._entries.clear()
+                dropped = [self._ready, self._routines, operations, self._deadlines]
+                self._ready, self._routines, self._deadlines = deque(), deque(), []
+                for waiter in self._waiters:
+                    waiter.notified = True
+                    waiter.cond.notify()
+                while self._polling:
+                    self._wakeup()
+                    self._idle.wait(0.05)  # the poller must leave the OS wait before we free it
+                entries = list(self._entries.values())
+                self._entries.clear()
         for entry in entries:
             if entry.owns_wrapper and entry.sock is not None:
                 entry.sock.detach()  # the fd stays the user's
+        if self._forked:
+            self._abandon()
+        else:
+            self._shutdown()
+        dropped.clear()  # here, outside the lock, user finalizers may run
+
+    def _abandon(self) -> None:
+        """(lock not held; once, in a child after fork) Release this process's copies of the
+        port's OS objects, touching nothing the parent shares: no cancel, no interest change.
+        The default is :meth:`_shutdown`, for backends whose objects are not inherited."""
         self._shutdown()
+
+    def _inherited(self) -> None:
+        """(in the child, right after fork) The port is the parent's: refuse all work here.
+
+        Only the forking thread exists in the child, so locks held by others are reset."""
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._waiters = []
+        self._active = set()
+        self._polling = False
+        self._forked = True
+        self._closed = True
+
+    def __del__(self) -> None:
+        # A port dropped without close(): release its OS objects (and nothing of the
+        # caller's), and say so, as an unclosed socket does.
+        if not getattr(self, "_constructed", False) or self._closing:
+            return  # closed, or its construction failed before the backend made OS objects
+        with contextlib.suppress(Exception):  # (the interpreter may be shutting down)
+            warnings.warn(f"unclosed completion port {self!r}", ResourceWarning, stacklevel=2,
+                          source=self)
+        self._close_now()
 
 
 #: Offsets are signed 64-bit in every OS's file API.

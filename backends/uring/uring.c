@@ -233,6 +233,18 @@ void pio_teardown(pio_ring *r)
     r->fd = -1;
 }
 
+/* A process's copy of a ring inherited across fork(): unmap it and close this process's
+ * descriptor, touching nothing shared.  The flusher thread was not inherited (fork copies only
+ * the calling thread) and the mutex may have been held by it, so neither is used. */
+void pio_abandon(pio_ring *r)
+{
+    r->flusher_started = 0;
+    unmap_all(r);
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+}
+
 unsigned pio_sq_space(pio_ring *r)
 {
     unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);

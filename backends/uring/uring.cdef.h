@@ -29,6 +29,8 @@ typedef struct {
  * optional setup flags are dropped one by one; r->flags says what stuck. */
 int pio_setup(pio_ring *r, unsigned sq_entries, unsigned cq_entries, unsigned flags);
 void pio_teardown(pio_ring *r);
+/* after fork(), in the child: release this process's copy of the ring, nothing shared */
+void pio_abandon(pio_ring *r);
 
 /* Free SQ slots. */
 unsigned pio_sq_space(pio_ring *r);
