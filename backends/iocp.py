@@ -460,15 +460,22 @@ class IocpPort(PortBase):
         ok = _k32.GetQueuedCompletionStatusEx(self._port, entries, _BATCH, removed, ms, 0)
         if not ok:
             return  # timeout (Wine may claim 1 entry removed here: never read them), or closed
+        late: list[Operation] = []  # let go of after the lock: they may hold the last data=
         with self._lock:
             for i in range(removed[0]):
                 entry = entries[i]
                 if entry.lpCompletionKey != _IO_KEY:
                     continue  # a wakeup
                 op = self._inflight.pop(_ov_key(entry.lpOverlapped), None)
-                if op is not None and not op._done:  # done: completed by _cancel already
+                if op is None:
+                    continue
+                if op._done:  # completed by _cancel already; the kernel let go only now
+                    late.append(op)
+                else:
                     self._complete(op, int(entry.lpOverlapped.Internal),
                                    int(entry.dwNumberOfBytesTransferred))
+            op = None
+        late.clear()
 
     def _wakeup(self) -> None:
         # Never post to a closed port handle: Windows may already have reused its value.
@@ -496,7 +503,8 @@ class IocpPort(PortBase):
             # The buffer too: _Native holds only its address.
             _ABANDONED.extend((op.native, op.buffer) for op in pending.values())
         with self._lock:
-            self._inflight.clear()
+            inflight, self._inflight = self._inflight, {}
+        inflight.clear()  # outside the lock: the last reference to a data= may go here
         # Windows wakes threads still blocked on the port with ERROR_ABANDONED_WAIT_0; Wine
         # does not, but PortBase.close() has already made the poller leave before this point.
         self._port_open = False

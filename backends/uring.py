@@ -137,6 +137,9 @@ _FLUSH_DELAY_US = 500
 #: How long a cancel waits for the kernel's answer when no poller runs (see _cancel).
 _CANCEL_WAIT = 0.5
 
+#: Bytes of ``struct pio_msg``'s address buffer: what accept/recvmsg may write and
+#: connect/sendmsg copy in (``_sockaddr.encode`` never returns more; a test checks they agree).
+_ADDR_MAX = _sockaddr.SOCKADDR_MAX
 _UDATA_IGNORE = 0  # the CQEs of cancel requests
 _UDATA_WAKE = 1  # the poller's wake-up NOP
 _CQE = struct.Struct("=QiI")  # pio_cqe: user_data, res, flags
@@ -388,7 +391,7 @@ class UringPort(PortBase):
             return
         if kind == "accept":
             msg = ffi.new("struct pio_msg *")
-            msg.addrlen = 128
+            msg.addrlen = _ADDR_MAX
             op.pinned = msg
         elif kind == "connect":
             # An address that cannot be encoded raises: PortBase makes that the completion.
@@ -406,7 +409,7 @@ class UringPort(PortBase):
             msg = ffi.new("struct pio_msg *")
             if raw:
                 ffi.memmove(msg.addr, raw, len(raw))
-            _lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else 128)  # the iovec
+            _lib.pio_msg_init(msg, buf, len(buf), len(raw) if raw else _ADDR_MAX)  # the iovec
             op.pinned = msg
         uid = self._next_uid
         self._next_uid = uid + 1
@@ -569,7 +572,7 @@ class UringPort(PortBase):
             # from this thread, which is alive.
             self._resubmits[uid] = self._resubmits.get(uid, 0) + 1
             if kind == "accept":
-                op.pinned.addrlen = 128
+                op.pinned.addrlen = _ADDR_MAX
             self._push(self._sqe(op), self._eager())
             return
         if res == -errno.EISCONN and kind == "connect" and uid in self._resubmits:
@@ -588,7 +591,8 @@ class UringPort(PortBase):
             assert entry.sock is not None
             try:
                 msg = op.pinned
-                address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, min(msg.addrlen, 128))))
+                raw = bytes(_ffi.buffer(msg.addr, min(msg.addrlen, _ADDR_MAX)))
+                address = _sockaddr.decode(raw)
                 conn = socket.socket(entry.family or socket.AF_INET,
                                      entry.type or socket.SOCK_STREAM, entry.sock.proto,
                                      fileno=res)
@@ -601,7 +605,7 @@ class UringPort(PortBase):
             self._finish(op, None, 0)
         elif kind == "recvfrom":
             msg = op.pinned
-            namelen = min(_lib.pio_msg_namelen(msg), 128)
+            namelen = min(_lib.pio_msg_namelen(msg), _ADDR_MAX)
             address = _sockaddr.decode(bytes(_ffi.buffer(msg.addr, namelen)))
             self._finish(op, (op.recv_result(res), address), res)
         else:  # sendto
@@ -614,8 +618,18 @@ class UringPort(PortBase):
         self._wake_pending = True
         self._push((_lib.IORING_OP_NOP, 0, -1, 0, 0, 0, 0, _UDATA_WAKE))
 
+    def _abandon(self) -> None:
+        # A child's copy after fork(): the ring, its requests and the flusher thread are the
+        # parent's; cancelling here would cancel the parent's I/O.  Unmap and close our copy.
+        self._ring_open = False
+        _LIVE.pop(id(self._inflight), None)
+        _lib.pio_abandon(self._ring)
+
     def _shutdown(self) -> None:
         lib, ring = _lib, self._ring
+        # Every operation the kernel holds stays referenced until this returns, outside the
+        # lock: the last reference to an operation's data= must not go under it.
+        kept = list(self._inflight.values())
         with self._lock:
             self._ring_open = False
             for args in self._backlog:  # never submitted: the kernel never saw their buffers
@@ -637,3 +651,4 @@ class UringPort(PortBase):
             _GRAVEYARD.append((ring, dict(self._inflight)))
             return
         lib.pio_teardown(ring)
+        kept.clear()

@@ -16,13 +16,26 @@ import socket
 import struct
 from typing import Any
 
-__all__ = ["decode", "encode"]
+__all__ = ["SOCKADDR_MAX", "decode", "encode"]
+
+#: ``sizeof(struct sockaddr_storage)`` on Linux and Windows: the C-side address buffers
+#: (io_uring's ``struct pio_msg``) hold this much, and ``encode`` never returns more.
+SOCKADDR_MAX = 128
 
 _AF_UNIX: Any = getattr(socket, "AF_UNIX", None)
 
 
 def encode(family: int, address: Any) -> bytes:
-    """The ``struct sockaddr_*`` bytes of an already-resolved numeric ``address``."""
+    """The ``struct sockaddr_*`` bytes of an already-resolved numeric ``address``; at most
+    :data:`SOCKADDR_MAX` of them (``ValueError`` beyond: the C buffers are that size)."""
+    raw = _encode(family, address)
+    if len(raw) > SOCKADDR_MAX:
+        raise ValueError(f"a socket address of {len(raw)} bytes does not fit a "
+                         f"struct sockaddr_storage ({SOCKADDR_MAX} bytes)")
+    return raw
+
+
+def _encode(family: int, address: Any) -> bytes:
     if family == socket.AF_INET:
         host, port = address[0], address[1]
         return (struct.pack("=H", family) + struct.pack("!H", port)
