@@ -735,28 +735,37 @@ class PortBase(CompletionPort):
 
     # ------------------------------------------------------------------ registration
     def register(self, handle: Handle, key: Any = None) -> None:
+        # The caller's code (fileno(), __eq__, attribute lookups) runs before the lock is
+        # taken; under it, only what was decided is checked to still hold.
         fd = _fileno_of(handle)
         self._check_not_nested("register")
+        self._check_open()
+        old = self._entries.get(fd)
+        if old is not None and (old.obj is handle or old.obj == fd or not self._is_stale(old)):
+            raise ValueError(f"handle {handle!r} (fd {fd}) is already registered")
+        entry = self._make_entry(fd, handle, key)
         with self._lock:
-            self._check_open()
-            old = self._entries.get(fd)
-            if old is not None:
-                if old.obj is handle or old.obj == fd or not self._is_stale(old):
-                    raise ValueError(f"handle {handle!r} (fd {fd}) is already registered")
-                # The user closed the old object without close_handle and the OS reused its
-                # number: forget the stale entry instead of refusing the new handle.
-                self._forget(old)
-                if old.owns_wrapper and old.sock is not None:
-                    old.sock.detach()  # its fd number now belongs to someone else
-            entry = self._make_entry(fd, handle, key)
             try:
-                self._attach(entry)
-            except OSError as exc:
-                # e.g. closed by another thread since fileno() was read: nothing was attached
+                self._check_open()
+                if self._entries.get(fd) is not old:
+                    raise ValueError(f"handle {handle!r} (fd {fd}) was registered or closed "
+                                     "by another thread meanwhile")
+                if old is not None:
+                    # The user closed the old object without close_handle and the OS reused
+                    # its number: forget the stale entry instead of refusing the new handle.
+                    self._forget(old)
+                    if old.owns_wrapper and old.sock is not None:
+                        old.sock.detach()  # its fd number now belongs to someone else
+                try:
+                    self._attach(entry)
+                except OSError as exc:
+                    # e.g. closed by another thread since fileno() was read
+                    raise ValueError(f"handle {handle!r} (fd {fd}) cannot be registered: "
+                                     f"{exc}") from exc
+            except BaseException:
                 if entry.owns_wrapper and entry.sock is not None:
-                    entry.sock.detach()
-                raise ValueError(f"handle {handle!r} (fd {fd}) cannot be registered: "
-                                 f"{exc}") from exc
+                    entry.sock.detach()  # nothing was attached: the number stays the caller's
+                raise
             self._entries[fd] = entry
 
     @staticmethod
@@ -785,6 +794,9 @@ class PortBase(CompletionPort):
         return HandleEntry(fd, handle, key, wrapper, owns_wrapper=True, seekable=False)
 
     def _entry_for(self, handle: Handle, what: str) -> HandleEntry:
+        """(lock *not* held: this may call the caller's fileno()) The entry of ``handle``; the
+        caller checks, under the lock, that it is still registered (:meth:`_still_registered`).
+        """
         fd = _fileno_of(handle)
         entry = self._entries.get(fd)
         if entry is None:
@@ -793,6 +805,13 @@ class PortBase(CompletionPort):
         if entry.obj is not handle:
             self._check_same_handle(entry, handle, what)
         return entry
+
+    def _still_registered(self, entry: HandleEntry, handle: Handle, what: str) -> None:
+        """(lock held) Refuse ``entry`` if close_handle() (or a re-register) got there since
+        :meth:`_entry_for` found it."""
+        if entry.closed or self._entries.get(entry.fd) is not entry:
+            raise ValueError(f"{what}() on handle {handle!r} (fd {entry.fd}), which another "
+                             "thread unregistered meanwhile (close_handle)")
 
     def _check_same_handle(self, entry: HandleEntry, handle: Handle, what: str) -> None:
         """``handle`` has the number of ``entry`` but is another object: accept it only if it
@@ -857,9 +876,8 @@ class PortBase(CompletionPort):
         ``_resolve_address``)."""
         entry = self._entries.get(_fileno_of(sock))  # a read: only family and type are used
         if entry is None:
-            with self._lock:
-                self._check_open()
-                entry = self._entry_for(sock, what)  # raises, saying why
+            self._check_open()
+            entry = self._entry_for(sock, what)  # raises, saying why
         if entry.sock is None:
             raise ValueError(f"{what}() needs a socket; fd {entry.fd} is not one "
                              "(use read()/write() for files)")
@@ -886,12 +904,17 @@ class PortBase(CompletionPort):
         lock = self._lock
         if lock._is_owned():  # type: ignore[attr-defined]
             self._check_not_nested(kind)
+        # fileno() may be the caller's code: it runs before the lock is taken.
+        entry = self._entries.get(_fileno_of(handle))
+        if entry is None or entry.obj is not handle:
+            if self._closed:
+                self._check_open()
+            entry = self._entry_for(handle, kind)  # raises, saying why
         with lock:
             if self._closed:
                 self._check_open()
-            entry = self._entries.get(_fileno_of(handle))
-            if entry is None or entry.obj is not handle:
-                entry = self._entry_for(handle, kind)  # raises, saying why
+            if entry.closed:
+                self._still_registered(entry, handle, kind)  # raises: close_handle won
             direction = _DIRECTION.get(kind)
             queue: deque[Operation] | None = None
             if direction is not None:
@@ -1252,9 +1275,11 @@ class PortBase(CompletionPort):
     # ------------------------------------------------------------------ closing
     def close_handle(self, handle: Handle) -> None:
         self._check_not_nested("close_handle")
+        self._check_open()
+        entry = self._entry_for(handle, "close_handle")
         with self._lock:
             self._check_open()
-            entry = self._entry_for(handle, "close_handle")
+            self._still_registered(entry, handle, "close_handle")
             self._forget(entry)
         obj = entry.obj
         if not isinstance(obj, int) and callable(getattr(obj, "close", None)):
