@@ -1352,6 +1352,10 @@ class PortBase(CompletionPort):
                     self._idle.wait(0.05)  # the poller must leave the OS wait before we free it
                 entries = list(self._entries.values())
                 self._entries.clear()
+            for entry in entries:  # no operation <-> entry cycles left for the GC to find
+                entry.inbound.clear()
+                entry.outbound.clear()
+                entry.pending.clear()
         for entry in entries:
             if entry.owns_wrapper and entry.sock is not None:
                 entry.sock.detach()  # the fd stays the user's
