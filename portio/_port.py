@@ -1055,11 +1055,18 @@ class PortBase(CompletionPort):
             self._check_open()
             self._ready.append(completion)
             if not nested:
-                self._wake_one("get")
+                if self._in_own_poll():
+                    self._wakeup()  # a signal handler inside this thread's own OS wait
+                else:
+                    self._wake_one("get")
                 return
         # The interrupted code may be half-way through the waiters or the backend's OS
         # object, so the wake-up waits for it to let go of the lock, in another thread.
         threading.Thread(target=self._wake_later, name="portio-post", daemon=True).start()
+
+    def _in_own_poll(self) -> bool:
+        """True in a signal handler that interrupted this thread's own wait in the OS."""
+        return self._polling and self._poller_ident == threading.get_ident()
 
     def _wake_later(self) -> None:
         with self._lock:
@@ -1314,10 +1321,11 @@ class PortBase(CompletionPort):
         del self._entries[entry.fd]
 
     def close(self) -> None:
-        if self._lock._is_owned():  # type: ignore[attr-defined]
-            # A signal handler or a finalizer interrupted this thread inside the port: its
-            # state is half-updated, so the port refuses work from now on and another thread
-            # finishes the close as soon as the interrupted code lets go of the lock.
+        if self._lock._is_owned() or self._in_own_poll():  # type: ignore[attr-defined]
+            # A signal handler or a finalizer interrupted this thread inside the port (its
+            # state half-updated, or its OS wait, which close must wait out): the port refuses
+            # work from now on, and another thread finishes the close as soon as the
+            # interrupted code lets go.
             self._closed = True
             threading.Thread(target=self._close_now, name="portio-close", daemon=True).start()
             return
