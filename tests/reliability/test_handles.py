@@ -114,14 +114,16 @@ def test_register_racing_close_handle_raises_only_documented_errors(backend: str
             barrier = threading.Barrier(2)
             errors: list[BaseException] = []
 
-            def register(s: socket.socket = sock, b: threading.Barrier = barrier) -> None:
+            def register(s: socket.socket = sock, b: threading.Barrier = barrier,
+                         errors: list[BaseException] = errors) -> None:
                 b.wait()
                 try:
                     port.register(s)
                 except BaseException as exc:
                     errors.append(exc)
 
-            def close(s: socket.socket = sock, b: threading.Barrier = barrier) -> None:
+            def close(s: socket.socket = sock, b: threading.Barrier = barrier,
+                      errors: list[BaseException] = errors) -> None:
                 b.wait()
                 try:
                     port.close_handle(s)

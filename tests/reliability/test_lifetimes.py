@@ -45,7 +45,7 @@ def close_within(port: portio.CompletionPort, limit: float = WAIT) -> None:
 
 def test_close_drops_finalizers_outside_the_lock(backend: str, tcp_pair_factory: Any) -> None:
     port = portio.open_port(backend)
-    ours, peer = tcp_pair_factory()
+    ours, _peer = tcp_pair_factory()
     port.register(ours)
     outcomes: list[object] = []
     port.recv(ours, 100, data=CallsPortWhenCollected(port, outcomes))  # pending
@@ -75,7 +75,7 @@ def test_completed_timed_operations_are_let_go_at_once(port: portio.CompletionPo
                                                        tcp_pair: Pair) -> None:
     """An earlier deadline is pending (a keep-alive timer); operations with later deadlines
     that completed must not stay referenced (their buffers and data=) until then."""
-    ours, peer = tcp_pair
+    ours, _peer = tcp_pair
     with socket.socket() as other_server:
         other_server.bind(("127.0.0.1", 0))
         other_server.listen(1)
