@@ -21,8 +21,8 @@ from portio import _sockaddr
 
 from .loopback import WAIT
 
-AF_UNIX = getattr(socket, "AF_UNIX", None)  # (absent from CPython on Windows)
-pytestmark = pytest.mark.skipif(AF_UNIX is None,
+AF_UNIX: int = getattr(socket, "AF_UNIX", -1)  # (absent from CPython on Windows)
+pytestmark = pytest.mark.skipif(AF_UNIX == -1,
                                 reason="this platform's socket module has no AF_UNIX")
 
 SUN_PATH_MAX = 104 if sys.platform == "darwin" else 108
