@@ -14,7 +14,6 @@ file I/O at an offset through the port, without a thread pool.
 from __future__ import annotations
 
 import asyncio
-
 from typing import Any
 
 from portio.asyncio._loop import PortioEventLoop

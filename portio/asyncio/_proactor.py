@@ -40,9 +40,14 @@ WAKEUP = object()
 _BATCH = 256
 
 class _OperationFuture(asyncio.Future[Any]):
-    """A future whose ``cancel()`` also cancels the port operation behind it."""
+    """A future whose ``cancel()`` also cancels the port operation behind it.
+
+    ``nbytes`` is the completion's byte count, set even when the operation failed: a send that
+    failed part-way says how much of it went.
+    """
 
     _operation: portio.Operation | None = None
+    nbytes = 0
 
     def cancel(self, msg: Any = None) -> bool:
         operation = self._operation
@@ -83,7 +88,8 @@ class PortProactor:
         fd = handle.fileno() if not isinstance(handle, int) else handle
         if fd < 0:
             raise OSError(errno.EBADF, f"{handle!r} is closed")
-        if self._registered.get(fd) is handle:
+        known = self._registered.get(fd)
+        if known is handle or (isinstance(handle, int) and known == handle):
             return
         # A different object under a known number: the old one was closed behind the port's
         # back and the OS reused its descriptor; register() forgets the stale entry.
@@ -134,7 +140,7 @@ class PortProactor:
     def send(self, conn: socket.socket, buf: Any, flags: int = 0) -> _OperationFuture:
         """Send all of ``buf``; the future's result is the count."""
         _no_flags(flags, "send")
-        if not len(memoryview(buf)):
+        if not memoryview(buf):
             return self._resolved(conn, 0)
         return self._start(self.port.send, conn, buf)
 
@@ -143,7 +149,7 @@ class PortProactor:
         """Send a datagram to ``addr`` (``None``: the connected peer)."""
         _no_flags(flags, "sendto")
         if addr is None:
-            if not len(memoryview(buf)):
+            if not memoryview(buf):
                 # an empty datagram is still a datagram: send it at once, it cannot block
                 return self._resolved(conn, conn.send(buf))
             return self._start(self.port.send, conn, buf)
@@ -185,10 +191,13 @@ class PortProactor:
             future = completion.data
             pending.pop(future, None)
             future._operation = None
+            future.nbytes = completion.nbytes
             if future.done():  # cancelled: nobody wants the result any more
                 if completion.kind == "accept" and completion.error is None:
                     completion.result[0].close()
                 continue
+            if completion.kind == "accept" and completion.error is None:
+                completion.result[0].setblocking(False)  # as asyncio's sock_accept promises
             error = completion.error
             if error is not None:
                 if isinstance(error, OperationCancelled):
@@ -210,16 +219,17 @@ class PortProactor:
         """A server stops listening on ``sock``: cancel its accept and forget it."""
         self.forget(sock)
 
-    def forget(self, sock: Any) -> None:
-        """``close_handle`` ``sock`` if this proactor registered it (pending operations are
-        cancelled, the socket is closed)."""
+    def forget(self, handle: Any) -> None:
+        """``close_handle`` ``handle`` if this proactor registered it (pending operations are
+        cancelled, the handle is closed)."""
         try:
-            fd = sock.fileno()
+            fd = handle if isinstance(handle, int) else handle.fileno()
         except (OSError, ValueError):
             return
-        if fd >= 0 and self._registered.get(fd) is sock:
+        known = self._registered.get(fd)
+        if fd >= 0 and (known is handle or (isinstance(handle, int) and known == handle)):
             del self._registered[fd]
-            self.port.close_handle(sock)
+            self.port.close_handle(handle)
 
     def close(self) -> None:
         """Cancel every pending future (their callbacks still run on the loop), then close the
