@@ -63,12 +63,17 @@ class PortioEventLoop(proactor_events.BaseProactorEventLoop):
     _ssock: socket.socket
     _csock: socket.socket
     _self_reading_future: asyncio.Future[bytes] | None
+    _closed: bool
     _check_closed: Callable[[], None]
     _add_callback_signalsafe: Callable[[events.Handle], None]
     _create_connection_transport: Callable[..., Awaitable[tuple[Any, Any]]]
 
     def __init__(self, backend: str | None = None) -> None:
-        self.port = portio.open_port(backend)
+        try:
+            self.port = portio.open_port(backend)
+        except BaseException:
+            self._closed = True  # BaseEventLoop.__del__ must not try to close a loop never made
+            raise
         self.backend = self.port.backend
         self._signal_handlers: dict[int, events.Handle] = {}
         try:

@@ -28,9 +28,10 @@ try:
     from test.test_asyncio import utils as test_utils
 except ImportError as exc:  # e.g. Debian's python3 without libpythonX.Y-testsuite
     MISSING: str | None = (f"CPython's test package test.test_asyncio is not installed "
-                           f"({exc}); install the interpreter's test suite "
-                           f"(Debian: libpython{sys.version_info[0]}.{sys.version_info[1]}"
-                           "-testsuite)")
+                           f"({exc}); install the interpreter's test suite (Debian: "
+                           f"libpython{sys.version_info[0]}.{sys.version_info[1]}-testsuite; "
+                           "Windows: the installer's test suite option, or CPython's Lib/test "
+                           "of this version on PYTHONPATH)")
 else:
     MISSING = None
 
