@@ -277,13 +277,13 @@ def test_pending_operations_are_cancelled_at_close() -> None:
         assert a.recv(1) == b"x"
 
 
-def test_readme_example_runs_unchanged() -> None:
+def test_readme_example_runs_unchanged(tmp_path: Path) -> None:
     """The README's asyncio section runs as written (on the default backend)."""
     text = (ROOT / "README.md").read_text()
     start = text.index("## portio as an asyncio loop")
     block = text[text.index("```python", start) + len("```python"):]
     block = block[:block.index("```")]
     done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
-                          timeout=60, check=False, cwd=ROOT)
+                          timeout=60, check=False, cwd=tmp_path)  # the installed portio
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "b'hello, portio'"
