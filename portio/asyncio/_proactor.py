@@ -15,9 +15,10 @@ alone, so the loop runs on every backend (io_uring, iocp, selector):
   once the future is cancelled nobody wants them: a late result is discarded (an accepted
   socket is closed), as IOCP's proactor does.
 
-Sockets are registered with the port the first time an operation names them.  Transports close
-their sockets themselves (``socket.close()``, not ``close_handle``); the port forgets such a
-stale entry when the OS reuses the number, and the loop's close forgets the rest.
+Sockets are registered with the port the first time an operation names them.  The loop's
+transports let go of theirs with :meth:`PortProactor.forget` (``close_handle``).  A socket the
+user passed to ``loop.sock_*`` and then closed stays registered until the OS reuses its number
+(``register`` then forgets the stale entry) or the loop closes.
 """
 
 from __future__ import annotations

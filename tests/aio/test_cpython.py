@@ -60,6 +60,16 @@ EXCLUDED: dict[str, str] = {
                             "loop calls (asyncio skips it for its ProactorEventLoop too)",
 }
 
+if sys.platform == "win32":
+    _NO_WINDOWS_PIPES = ("subprocess PIPEs on Windows raise NotImplementedError: a child's stdio "
+                         "would be a pipe HANDLE, and the CompletionPort API has no operation "
+                         "on pipes (only sockets, and files at an offset)")
+    EXCLUDED.update(dict.fromkeys((
+        "test_subprocess_close_client_stream", "test_subprocess_exec",
+        "test_subprocess_interactive", "test_subprocess_kill", "test_subprocess_shell",
+        "test_subprocess_stderr", "test_subprocess_stderr_redirect_to_stdout",
+        "test_subprocess_terminate"), _NO_WINDOWS_PIPES))
+
 
 def _skipper(reason: str) -> Any:
     def test(self: unittest.TestCase) -> None:

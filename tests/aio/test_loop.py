@@ -102,8 +102,9 @@ def test_call_soon_threadsafe_wakes_a_sleeping_loop(loop: PortioEventLoop) -> No
     assert loop.run_until_complete(main()) == 7
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no POSIX signals on this platform")
 def test_signal_handler_runs_on_the_loop(loop: PortioEventLoop) -> None:
+    if sys.platform == "win32":
+        pytest.skip("Windows has no POSIX signals (add_signal_handler raises NotImplementedError)")
     got: list[tuple[int, int]] = []
 
     async def main() -> None:
@@ -124,8 +125,9 @@ def test_signal_handler_runs_on_the_loop(loop: PortioEventLoop) -> None:
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no POSIX signals on this platform")
 def test_signal_handler_rejects_bad_input(loop: PortioEventLoop) -> None:
+    if sys.platform == "win32":
+        pytest.skip("Windows has no POSIX signals (add_signal_handler raises NotImplementedError)")
     async def coroutine() -> None:
         """A coroutine function: not a valid handler."""
 
@@ -242,8 +244,8 @@ def test_subprocess_pipes_are_socketpairs(loop: PortioEventLoop) -> None:
 
 
 def test_unix_stream_server_and_client(loop: PortioEventLoop, tmp_path: Path) -> None:
-    if not hasattr(socket, "AF_UNIX"):
-        pytest.skip("this Python has no AF_UNIX")
+    if sys.platform == "win32":
+        pytest.skip("CPython on Windows has no AF_UNIX")
     path = str(tmp_path / "sock")
 
     async def main() -> bytes:
@@ -256,7 +258,7 @@ def test_unix_stream_server_and_client(loop: PortioEventLoop, tmp_path: Path) ->
         async with server:
             reader, writer = await asyncio.open_unix_connection(path)
             writer.write(b"over a unix socket\n")
-            line = await reader.readline()
+            line: bytes = await reader.readline()
             writer.close()
             await writer.wait_closed()
             return line
@@ -287,3 +289,17 @@ def test_readme_example_runs_unchanged(tmp_path: Path) -> None:
                           timeout=60, check=False, cwd=tmp_path)  # the installed portio
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "b'hello, portio'"
+
+
+def test_windows_says_what_it_cannot_do(loop: PortioEventLoop) -> None:
+    if sys.platform != "win32":
+        pytest.skip("Windows only: POSIX has signals and socketpair subprocess pipes")
+    with pytest.raises(NotImplementedError, match="Windows"):
+        loop.add_signal_handler(2, print)
+
+    async def spawn() -> None:
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "pass",
+                                             stdout=asyncio.subprocess.PIPE)
+
+    with pytest.raises(NotImplementedError, match="pipes on Windows"):
+        loop.run_until_complete(spawn())
