@@ -89,8 +89,9 @@ class PortioEventLoop(proactor_events.BaseProactorEventLoop):
     # ------------------------------------------------------------------ running
     def run_forever(self) -> None:
         """Run until :meth:`stop`; the signal socketpair is read only while running."""
+        if self.is_running():  # before touching the running loop's signal receive
+            raise RuntimeError("This event loop is already running")
         try:
-            assert self._self_reading_future is None
             self.call_soon(self._loop_self_reading)
             super().run_forever()
         finally:

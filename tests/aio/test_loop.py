@@ -303,3 +303,19 @@ def test_windows_says_what_it_cannot_do(loop: PortioEventLoop) -> None:
 
     with pytest.raises(NotImplementedError, match="pipes on Windows"):
         loop.run_until_complete(spawn())
+
+
+def test_nested_run_is_refused_and_the_loop_keeps_working(loop: PortioEventLoop) -> None:
+    async def nested() -> str:
+        inner = asyncio.sleep(0)
+        try:
+            loop.run_until_complete(inner)
+        except RuntimeError as exc:
+            inner.close()
+            return str(exc)
+        return "nested run accepted"
+
+    assert loop.run_until_complete(nested()) == "This event loop is already running"
+    # the outer run's wake-ups still work afterwards
+    assert loop.run_until_complete(
+        asyncio.wait_for(loop.run_in_executor(None, lambda: 3), 10)) == 3
