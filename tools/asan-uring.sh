@@ -45,7 +45,7 @@ sys.modules['portio.backends._uring_cffi'] = mod
 import portio.backends.uring as uring
 assert uring._module is mod, 'the ASan build was not the one loaded'
 import pytest
-sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_uring.py', 'tests/contract', 'tests/property'] + sys.argv[1:]))
+sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_uring.py', 'tests/contract', 'tests/property', 'tests/reliability/test_hostile_lengths.py'] + sys.argv[1:]))
 " "$@" || status=$?
 if ls "$LOGS"/asan.* >/dev/null 2>&1; then
     cat "$LOGS"/asan.*
