@@ -471,6 +471,76 @@ def _mangling_server(listener: socket.socket) -> None:
             conn.sendall(bytes([data[0] ^ 1]) + data[1:])
 
 
+def _piece_echo_server(listener: socket.socket) -> None:
+    """An echo server that echoes in whole 1 KiB pieces: a buffered read returns a piece only
+    once 1024 bytes (or the end of the stream) have arrived."""
+    conn, _ = listener.accept()
+    with conn, conn.makefile("rb") as stream, contextlib.suppress(OSError):
+        conn.settimeout(IO_TIMEOUT)  # a client that waits forever costs the test this, no more
+        while piece := stream.read(1024):
+            conn.sendall(piece)
+
+
+PIPED_TIME_LIMIT = 10.0  # seconds; well under 1 s here, and the client's --timeout is 20
+
+
+def test_piped_client_reads_while_it_writes() -> None:
+    """Against a server that echoes in 1 KiB pieces, a 70 KB line comes back at once.  A client
+    that wrote 64 KiB, then waited for exactly that much echo before writing on, waited for
+    the last partial piece, which such a server only sends when more bytes or the end of the
+    stream come: it hung until a timeout (socat, reading while it writes, took 0.1 s)."""
+    line = random.Random(3).randbytes(70_000).replace(b"\n", b"") + b"\n"
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(IO_TIMEOUT)
+        thread = threading.Thread(target=_piece_echo_server, args=(listener,), daemon=True)
+        thread.start()
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
+            input=line + b"short\n", capture_output=True, check=False, timeout=60)
+        elapsed = time.monotonic() - started
+        thread.join(IO_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == line + b"short\n"
+    assert elapsed < PIPED_TIME_LIMIT, f"{elapsed:.1f} s for a 70 KB line"
+
+
+def test_piped_client_fails_when_the_echo_stops_short() -> None:
+    """A server that closes before echoing everything is an error (exit 1), not a hang."""
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(IO_TIMEOUT)
+
+        def echo_half_then_close() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(IO_TIMEOUT)
+                conn.sendall(recv_exactly(conn, 10)[:5])
+
+        thread = threading.Thread(target=echo_half_then_close, daemon=True)
+        thread.start()
+        result = subprocess.run(
+            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
+            input=b"123456789\n", capture_output=True, check=False, timeout=60)
+        thread.join(IO_TIMEOUT)
+    assert result.returncode == 1
+    assert b"after echoing 5 of 10 bytes" in result.stderr
+    assert result.stdout == b"12345"
+
+
+@pytest.mark.parametrize("options", [["--size", "100"], ["--connections", "3"],
+                                     ["--size", "100", "--connections", "3"]])
+def test_scripted_options_without_count_are_a_usage_error(options: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "portio.echo", "client", "--host", HOST, "--port", "9", *options],
+        input=b"", capture_output=True, check=False, timeout=60)
+    assert result.returncode == 2
+    assert b"only apply to a scripted run: add --count N" in result.stderr
+    for option in options[::2]:
+        assert option.encode() in result.stderr
+
+
 def test_scripted_client_fails_on_a_mismatch() -> None:
     with socket.create_server((HOST, 0)) as listener:
         listener.settimeout(IO_TIMEOUT)

@@ -16,6 +16,8 @@ from portio.echo.supervisor import supervise
 __all__ = ["DEFAULT_PORT", "build_parser", "main", "serve"]
 
 DEFAULT_PORT = 9190
+#: What a scripted run (``client --count``) uses for the options not given.
+SCRIPTED_DEFAULTS = {"size": 64, "connections": 1}
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -98,10 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(client_parser)
     client_parser.add_argument("--count", type=_positive, default=None,
                                help="scripted run: messages per connection")
-    client_parser.add_argument("--size", type=_positive, default=64,
-                               help="scripted run: bytes per message (default: %(default)s)")
-    client_parser.add_argument("--connections", type=_positive, default=1,
-                               help="scripted run: concurrent connections (default: %(default)s)")
+    # No defaults here: main() must tell "not given" from "given", see SCRIPTED_DEFAULTS.
+    client_parser.add_argument("--size", type=_positive, default=None,
+                               help="scripted run: bytes per message "
+                                    f"(default: {SCRIPTED_DEFAULTS['size']})")
+    client_parser.add_argument("--connections", type=_positive, default=None,
+                               help="scripted run: concurrent connections "
+                                    f"(default: {SCRIPTED_DEFAULTS['connections']})")
     client_parser.add_argument("--timeout", type=float, default=60.0,
                                help="give up after this many seconds (default: %(default)s)")
     client_parser.set_defaults(run=client)
@@ -110,7 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``portio-echo``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "client":
+        given = [f"--{name}" for name in SCRIPTED_DEFAULTS if getattr(args, name) is not None]
+        if given and args.count is None:
+            # Silently ignoring them would echo stdin instead of the run that was asked for.
+            parser.error(f"{' and '.join(given)} only apply to a scripted run: "
+                         "add --count N (messages per connection)")
+        for name, default in SCRIPTED_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="portio-echo[%(process)d]: %(levelname)s %(message)s",
                         stream=sys.stderr)

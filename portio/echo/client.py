@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from portio import Completion, CompletionPort
 from portio.echo.server import BUFFER_SIZE, log
 
 __all__ = ["ScriptedRun", "client", "percentile"]
+
+#: How often piped mode looks whether stdin has ended while it waits for the echo.
+STDIN_POLL_INTERVAL = 0.05
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -63,14 +68,66 @@ def _client_interactive(sock: socket.socket) -> int:
             print("Message from server:", _echo(sock, data).decode(errors="replace"))
 
 
-def _client_lines(sock: socket.socket) -> int:
-    """Send stdin line by line; write each echo to stdout once every byte of it came back.
-    A line longer than BUFFER_SIZE is taken in pieces, so memory stays bounded."""
-    stdin, out = sys.stdin.buffer, sys.stdout.buffer
-    while line := stdin.readline(BUFFER_SIZE):
-        out.write(_echo(sock, line))
-        out.flush()
-    return 0
+class _Piped:
+    """Piped mode: stdin goes to the server from one thread while the echo goes to stdout from
+    the other, as it comes back, and the end of stdin ends the stream (a half-close), as socat
+    does.  Waiting for each chunk's whole echo before writing on would make every chunk a
+    round trip, and would hang on a server that echoes in fixed pieces: it holds a chunk's last
+    partial piece until more bytes, or the end of the stream, arrive.  Memory stays bounded:
+    stdin is read a line (at most BUFFER_SIZE bytes) at a time, and the sender blocks when the
+    server does."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.stdin_done = False
+        self.error: BaseException | None = None
+
+    def _send(self) -> None:
+        stdin = sys.stdin.buffer
+        try:
+            while line := stdin.readline(BUFFER_SIZE):
+                with self.lock:
+                    self.sent += len(line)
+                self.sock.sendall(line)
+            with self.lock:
+                self.stdin_done = True
+            # Tell the server there is no more: it may close once it has echoed everything.
+            self.sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:  # reported by run(), in the main thread
+            with self.lock:
+                self.error = exc
+
+    def run(self) -> int:
+        """Echo stdin to stdout through the server; raise OSError on failure."""
+        out = sys.stdout.buffer
+        sender = threading.Thread(target=self._send, name="portio-echo-stdin", daemon=True)
+        sender.start()
+        received = 0
+        quiet_since = time.monotonic()
+        while True:
+            with self.lock:
+                if self.error is not None:
+                    raise self.error
+                if self.stdin_done and received >= self.sent:
+                    return 0
+            # A bounded wait, so that the end of stdin is seen even when no byte is owed.
+            if select.select([self.sock], [], [], STDIN_POLL_INTERVAL)[0]:
+                chunk = self.sock.recv(BUFFER_SIZE)
+                if not chunk:
+                    with self.lock:
+                        sent = self.sent
+                    raise ConnectionError(f"server closed the connection after echoing "
+                                          f"{received} of {sent} bytes")
+                out.write(chunk)
+                out.flush()
+                received += len(chunk)
+                quiet_since = time.monotonic()
+            elif received < self.sent and time.monotonic() - quiet_since > self.timeout:
+                raise TimeoutError(f"no echo for {self.timeout:g} s "
+                                   f"({received} of {self.sent} bytes echoed)")
 
 
 @dataclass(eq=False)
@@ -224,7 +281,7 @@ def client(args: argparse.Namespace) -> int:
             if sys.stdin.isatty():
                 print("Connected...........")
                 return _client_interactive(sock)
-            return _client_lines(sock)
+            return _Piped(sock, args.timeout).run()
         except OSError as exc:
             print(f"portio-echo client: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
