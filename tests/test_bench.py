@@ -7,8 +7,10 @@ server (peer ``c-epoll``) gets its own echo tests, since no Python code checks w
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 import select
 import signal
 import socket
@@ -87,11 +89,59 @@ def test_outputs_render_and_serialise(document: dict[str, object], tmp_path: Pat
     report.write_json(tmp_path / "run.json", document)
     written = json.loads((tmp_path / "run.json").read_text())
     assert written["summary"]
-    assert written["legend"] == [f"c-epoll: {peers.NOTES['c-epoll']}"]
+    assert written["legend"] == document["legend"]
+    assert f"c-epoll: {peers.NOTES['c-epoll']}" in written["legend"]
     pytest.importorskip("matplotlib")
     report.chart(tmp_path / "run.png", document["summary"], "test",  # type: ignore[arg-type]
                  document["legend"])  # type: ignore[arg-type]
     assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# An issue-tracker reference ("issue 6", "#6") has no place in what a user reads.
+ISSUE_REFERENCE = re.compile(r"\bissues?\b|#\d", re.IGNORECASE)
+
+
+def test_output_speaks_of_the_project_only(document: dict[str, object]) -> None:
+    for text in (cli.render(document), cli.render(document, markdown=True)):
+        found = ISSUE_REFERENCE.search(text)
+        assert found is None, text[max(0, found.start() - 60):found.end() + 60]
+
+
+def test_legend_says_what_config_and_server_names_mean(document: dict[str, object]) -> None:
+    text = cli.render(document)
+    for config in suite.CONFIGS:
+        if config.name in ("1x64B", "10x64KiB"):  # the fixture's configurations
+            assert f"{config.name}: {config.what}" in text
+    specs, _ = available_servers(["selector"], 2)
+    lines = suite.legend(suite.CONFIGS[:1], specs)
+    assert lines[0] == f"1x64B: {suite.CONFIGS[0].what}"
+    assert any(line.startswith("BACKEND/portxN (portx1, portx2): ") and "worker threads" in line
+               for line in lines), lines
+    assert any(line.startswith("BACKEND/routine: ") for line in lines), lines
+
+
+def test_a_run_too_short_prints_no_verdicts(document: dict[str, object]) -> None:
+    for text in (cli.render(document), cli.render(document, markdown=True)):
+        assert "No verdicts: this run is too short for verdicts" in text
+        assert not re.search(r"\b(MET|MISSED)\b", text)
+    assert document["targets"] == []
+    quick = cli.quick_settings()
+    assert suite.too_short_for_verdicts(quick.reps, quick.duration) is not None
+    full = cli.Settings()
+    assert suite.too_short_for_verdicts(full.reps, full.duration) is None
+    judged = dict(document, verdicts_withheld=None,
+                  targets=[{"target": "a target", "met": True, "detail": "x1.10"}])
+    assert "MET: a target: x1.10" in cli.render(judged)
+
+
+def test_progress_names_each_server_it_measures() -> None:
+    stream = io.StringIO()  # not a terminal: a log line per measurement
+    settings = cli.Settings(reps=1, warmup=0.02, duration=0.05, configs=("1x64B",),
+                            servers=("asyncio", "selectors"), micro=False, mode="test")
+    cli.run_benchmark(settings, cli.ProgressLine(stream))
+    log = stream.getvalue()
+    assert "1x64B: measuring asyncio" in log and "1x64B: measuring selectors" in log, log
+    assert ISSUE_REFERENCE.search(log) is None, log
 
 
 def test_a_dead_server_is_a_failed_measurement_not_a_crash() -> None:

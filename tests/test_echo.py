@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -29,7 +30,9 @@ import pytest
 import portio
 from portio.echo import (
     BUFFER_SIZE,
+    MAX_SENDS_IN_FLIGHT,
     STREAM_BUFFER_SIZE,
+    Client,
     EchoServer,
     IoData,
     StopFlag,
@@ -468,6 +471,76 @@ def _mangling_server(listener: socket.socket) -> None:
             conn.sendall(bytes([data[0] ^ 1]) + data[1:])
 
 
+def _piece_echo_server(listener: socket.socket) -> None:
+    """An echo server that echoes in whole 1 KiB pieces: a buffered read returns a piece only
+    once 1024 bytes (or the end of the stream) have arrived."""
+    conn, _ = listener.accept()
+    with conn, conn.makefile("rb") as stream, contextlib.suppress(OSError):
+        conn.settimeout(IO_TIMEOUT)  # a client that waits forever costs the test this, no more
+        while piece := stream.read(1024):
+            conn.sendall(piece)
+
+
+PIPED_TIME_LIMIT = 10.0  # seconds; well under 1 s here, and the client's --timeout is 20
+
+
+def test_piped_client_reads_while_it_writes() -> None:
+    """Against a server that echoes in 1 KiB pieces, a 70 KB line comes back at once.  A client
+    that wrote 64 KiB, then waited for exactly that much echo before writing on, waited for
+    the last partial piece, which such a server only sends when more bytes or the end of the
+    stream come: it hung until a timeout (socat, reading while it writes, took 0.1 s)."""
+    line = random.Random(3).randbytes(70_000).replace(b"\n", b"") + b"\n"
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(IO_TIMEOUT)
+        thread = threading.Thread(target=_piece_echo_server, args=(listener,), daemon=True)
+        thread.start()
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
+            input=line + b"short\n", capture_output=True, check=False, timeout=60)
+        elapsed = time.monotonic() - started
+        thread.join(IO_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == line + b"short\n"
+    assert elapsed < PIPED_TIME_LIMIT, f"{elapsed:.1f} s for a 70 KB line"
+
+
+def test_piped_client_fails_when_the_echo_stops_short() -> None:
+    """A server that closes before echoing everything is an error (exit 1), not a hang."""
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(IO_TIMEOUT)
+
+        def echo_half_then_close() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(IO_TIMEOUT)
+                conn.sendall(recv_exactly(conn, 10)[:5])
+
+        thread = threading.Thread(target=echo_half_then_close, daemon=True)
+        thread.start()
+        result = subprocess.run(
+            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
+            input=b"123456789\n", capture_output=True, check=False, timeout=60)
+        thread.join(IO_TIMEOUT)
+    assert result.returncode == 1
+    assert b"after echoing 5 of 10 bytes" in result.stderr
+    assert result.stdout == b"12345"
+
+
+@pytest.mark.parametrize("options", [["--size", "100"], ["--connections", "3"],
+                                     ["--size", "100", "--connections", "3"]])
+def test_scripted_options_without_count_are_a_usage_error(options: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "portio.echo", "client", "--host", HOST, "--port", "9", *options],
+        input=b"", capture_output=True, check=False, timeout=60)
+    assert result.returncode == 2
+    assert b"only apply to a scripted run: add --count N" in result.stderr
+    for option in options[::2]:
+        assert option.encode() in result.stderr
+
+
 def test_scripted_client_fails_on_a_mismatch() -> None:
     with socket.create_server((HOST, 0)) as listener:
         listener.settimeout(IO_TIMEOUT)
@@ -549,43 +622,151 @@ def test_a_dying_worker_process_stops_the_rest_with_failure() -> None:
         proc.close()
 
 
-def test_io_data_grows_only_for_a_client_whose_receive_filled_it() -> None:
-    io = IoData()
-    assert len(io.buffer) == BUFFER_SIZE
-    io.grow_if_streaming()
-    assert len(io.buffer) == BUFFER_SIZE  # nothing filled it yet
-    io.filled = True
-    io.grow_if_streaming()
-    assert len(io.buffer) == STREAM_BUFFER_SIZE
-    grown = io.buffer
-    io.grow_if_streaming()
-    assert io.buffer is grown  # never past the stream size, never reallocated
+def test_the_receive_buffer_grows_only_for_a_client_whose_receive_filled_it() -> None:
+    with socket.socket() as sock:
+        client = Client(sock, (HOST, 1))
+        assert len(client.io.buffer) == BUFFER_SIZE
+        same = client.next_receive_buffer(filled=False)
+        assert len(same.buffer) == BUFFER_SIZE  # nothing filled it: the same size
+        assert same is not client.io  # no spare yet: a new one (the old one is in a send)
+        client.give_back(same)
+        assert client.next_receive_buffer(filled=False) is same  # a spare is reused
+        client.io = client.next_receive_buffer(filled=True)
+        assert len(client.io.buffer) == STREAM_BUFFER_SIZE
+        client.give_back(IoData(bytearray(BUFFER_SIZE)))  # a send of the old size completes
+        assert client.spare == [], "a buffer of the old size is dropped, not kept"
+        client.io = client.next_receive_buffer(filled=True)
+        assert len(client.io.buffer) == STREAM_BUFFER_SIZE  # never past the stream size
+
+
+def hog_blocking(sock: socket.socket) -> socket.socket:
+    """``sock`` made blocking again, with a test-sized timeout."""
+    sock.settimeout(IO_TIMEOUT)
+    return sock
+
+
+class InProcessServer:
+    """An :class:`EchoServer` running in a thread of the test process, so that a test can look
+    at its clients' state."""
+
+    def __init__(self, backend: str, model: str, threads: int = 1) -> None:
+        self.stop = StopFlag()
+        self.server = EchoServer(open_listener(HOST, 0), portio.open_port(backend), model=model,
+                                 threads=threads, max_clients=0, stop=self.stop)
+        self.address = self.server.listener.getsockname()[:2]
+        self.thread = threading.Thread(target=self.server.run)
+        self.thread.start()
+
+    def clients(self) -> list[Client]:
+        """The clients connected now."""
+        with self.server._clients_lock:
+            return list(self.server._clients.values())
+
+    def close(self) -> None:
+        """Stop the server and wait for it (failing if it hangs)."""
+        self.stop.set()
+        self.thread.join(STOP_TIMEOUT)
+        assert not self.thread.is_alive(), "the server did not stop"
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_client_that_never_reads_holds_at_most_the_bound_of_sends(backend: str,
+                                                                    model: str) -> None:
+    """The pipeline is full (a receive was posted while a send was in flight, up to the bound)
+    and then stops: the client holds at most MAX_SENDS_IN_FLIGHT + 1 buffers.  Every byte
+    still comes back, in order, once the client reads."""
+    server = InProcessServer(backend, model, threads=2 if model == "port" else 1)
+    total = 32 << 20
+    payload = memoryview(random.Random(5).randbytes(total))
+    try:
+        with socket.socket() as hog:
+            # Small buffers on the client's side, so the kernel's buffers fill quickly and the
+            # server's sends have to wait.
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            hog.settimeout(IO_TIMEOUT)
+            hog.connect(server.address)
+            hog.setblocking(False)
+            sent = 0
+            while sent < total and select.select([], [hog], [], 0.5)[1]:  # until 0.5 s stalled
+                sent += hog.send(payload[sent:sent + (1 << 20)])
+            assert sent < total, "the kernel took 32 MiB: the server never had to wait"
+            deadline = time.monotonic() + IO_TIMEOUT
+            while True:
+                (client,) = server.clients()
+                with client.lock:
+                    state = (client.sends, client.receiving, len(client.spare))
+                if state[:2] == (MAX_SENDS_IN_FLIGHT, False):
+                    break
+                assert time.monotonic() < deadline, f"(sends, receiving, spare) = {state}"
+                time.sleep(0.05)
+            assert state[2] == 0, "every buffer but the receive one is in a send"
+            got = bytearray()
+            while len(got) < sent:
+                assert time.monotonic() < deadline, f"{len(got)} of {sent} bytes echoed"
+                if select.select([hog], [], [], 1)[0]:
+                    chunk = hog.recv(1 << 20)
+                    assert chunk, "the server closed the connection"
+                    got += chunk
+            assert got == payload[:sent]
+            # The last send's completion may be handled just after its bytes arrived here.
+            while not client.receiving:
+                assert time.monotonic() < deadline, "the receive never resumed"
+                time.sleep(0.05)
+            assert echo_round_trip(hog_blocking(hog), b"more") == b"more"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_client_that_ends_its_stream_gets_every_echo_first(backend: str, model: str) -> None:
+    """The client sends 40 KB, half-closes and reads only later: the server sees the end of
+    the stream while its echo still waits for room, and must finish that send before it
+    closes the connection (closing would cancel it)."""
+    server = InProcessServer(backend, model)
+    payload = random.Random(9).randbytes(40_000)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: fixed
+            sock.settimeout(IO_TIMEOUT)
+            sock.connect(server.address)
+            deadline = time.monotonic() + IO_TIMEOUT
+            while not server.clients():
+                assert time.monotonic() < deadline, "the server never took the connection"
+                time.sleep(0.01)
+            # Small buffers on the server's side too, so 40 KB cannot all be sent at once.
+            server.clients()[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)  # the server reads it all, and the end, while the echo waits
+            got = bytearray()
+            while chunk := sock.recv(1 << 16):
+                got += chunk
+        assert len(got) == len(payload) and got == payload
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_streaming_client_gets_the_larger_buffer_a_chatty_one_does_not(
         backend: str, model: str) -> None:
-    port = portio.open_port(backend)
-    stop = StopFlag()
-    server = EchoServer(open_listener(HOST, 0), port, model=model, threads=1, max_clients=0,
-                        stop=stop)
-    thread = threading.Thread(target=server.run)
-    thread.start()
+    server = InProcessServer(backend, model)
     try:
-        address = server.listener.getsockname()[:2]
+        address = server.address
         payload = random.Random(7).randbytes(4 << 20)
         with socket.create_connection(address, timeout=IO_TIMEOUT) as streamer, \
                 socket.create_connection(address, timeout=IO_TIMEOUT) as chatty:
             assert echo_round_trip(streamer, payload) == payload
             for i in range(20):
                 assert echo_round_trip(chatty, b"%d" % i) == b"%d" % i
-            with server._clients_lock:
-                sizes = {format_address(c.address): len(c.io.buffer)
-                         for c in server._clients.values()}
-            assert sizes == {format_address(streamer.getsockname()): STREAM_BUFFER_SIZE,
-                             format_address(chatty.getsockname()): BUFFER_SIZE}
+            clients = {format_address(c.address): c for c in server.clients()}
+            streaming = clients[format_address(streamer.getsockname())]
+            chatting = clients[format_address(chatty.getsockname())]
+            assert len(streaming.io.buffer) == STREAM_BUFFER_SIZE
+            assert len(chatting.io.buffer) == BUFFER_SIZE
+            assert chatting.spare == [], "small echoes are copies: one buffer is enough"
     finally:
-        stop.set()
-        thread.join(STOP_TIMEOUT)
-    assert not thread.is_alive()
+        server.close()

@@ -52,7 +52,6 @@ class ProgressLine:
         self.stream = stream
         self.tty = stream.isatty()
         self.start = time.monotonic()
-        self.last_label = ""
 
     def step(self, done: int, total: int, label: str) -> None:
         """Show that ``done`` of ``total`` measurements are finished; ``label`` is the next."""
@@ -63,11 +62,8 @@ class ProgressLine:
             self.stream.write("\r\x1b[K" + text[:150])
             if label == "done":
                 self.stream.write("\n")
-        else:
-            group = label.rsplit(" ", 1)[0]  # one line per (repetition, configuration)
-            if group != self.last_label or label == "done":
-                self.stream.write(text + "\n")
-            self.last_label = group
+        else:  # a log: one line per measurement, naming the server it measures
+            self.stream.write(text + "\n")
         self.stream.flush()
 
     def note(self, label: str) -> None:
@@ -107,8 +103,8 @@ def run_benchmark(settings: Settings, progress: ProgressLine | None = None) -> d
         "pinning": {"server": sorted(server_cpus or ()), "client": sorted(client_cpus or ())},
         "configs": [dataclasses.asdict(c) for c in configs],
         "servers": [dataclasses.asdict(s) for s in specs],
-        # "NAME: note" for every server a reader must be told about (e.g. the C floor)
-        "legend": [f"{s.name}: {s.note}" for s in specs if s.note],
+        # "NAME: what it means" for the configuration and server names in the tables
+        "legend": suite.legend(configs, specs),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if settings.echo:
@@ -118,7 +114,9 @@ def run_benchmark(settings: Settings, progress: ProgressLine | None = None) -> d
         document["measurements"] = [dataclasses.asdict(m) for m in results]
         document["summary"] = suite.summarise(results)
         document["ratios"] = {base: suite.ratios(results, base) for base in ("asyncio", "uvloop")}
-        document["targets"] = suite.targets(results, specs)
+        withheld = suite.too_short_for_verdicts(settings.reps, settings.duration)
+        document["targets"] = [] if withheld else suite.targets(results, specs)
+        document["verdicts_withheld"] = withheld
         document["bytes_verified"] = sum(m.bytes_verified for m in results)
     if settings.micro:
         document["micro"] = micro.run_micro(backends, settings.micro_seconds,
@@ -141,8 +139,10 @@ def render(document: dict[str, Any], markdown: bool = False) -> str:
         ratios = document["ratios"]
         parts.append(report.echo_table(document["summary"], ratios["asyncio"],
                                        ratios["uvloop"], markdown, document.get("legend", ())))
-        parts.append(("**Targets (issue 6)**\n\n" if markdown else "Targets (issue 6):\n")
-                     + report.targets_text(document["targets"], markdown))
+        withheld = document.get("verdicts_withheld")
+        parts.append(("**Targets**\n\n" if markdown else "Targets:\n")
+                     + (f"{'- ' if markdown else '  '}No verdicts: {withheld}.\n" if withheld
+                        else report.targets_text(document["targets"], markdown)))
         parts.append(f"{document['bytes_verified']:,} echoed bytes verified.\n")
     if "micro" in document:
         parts.append(("**Micro-benchmarks**\n\n" if markdown else "Micro-benchmarks:\n")

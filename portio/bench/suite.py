@@ -17,8 +17,9 @@ from typing import Any
 from portio.bench.loadgen import LoadGenerator
 from portio.bench.servers import ServerProcess, ServerSpec, allowed_cpus, pin_to
 
-__all__ = ["CONFIGS", "EchoConfig", "Measurement", "pin_plan", "ratios", "run_echo", "summarise",
-           "targets"]
+__all__ = ["CONFIGS", "MIN_VERDICT_DURATION", "MIN_VERDICT_REPS", "EchoConfig", "Measurement",
+           "legend", "pin_plan", "ratios", "run_echo", "summarise", "targets",
+           "too_short_for_verdicts"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,37 @@ class Measurement:
     mismatches: int = 0
     errors: int = 0
     lost: int = 0
+
+
+#: The shortest run whose targets are judged: on a shared 2-core machine, fewer or shorter
+#: windows give ratio medians that swing by more than the margins the targets are about.
+MIN_VERDICT_REPS = 5
+MIN_VERDICT_DURATION = 1.0
+
+
+def too_short_for_verdicts(reps: int, duration: float) -> str | None:
+    """Why a run of ``reps`` repetitions of ``duration`` seconds supports no verdict on the
+    targets, or None when it does."""
+    if reps >= MIN_VERDICT_REPS and duration >= MIN_VERDICT_DURATION:
+        return None
+    return (f"this run is too short for verdicts ({reps} repetitions of {duration:g} s; verdicts "
+            f"need at least {MIN_VERDICT_REPS} of {MIN_VERDICT_DURATION:g} s, e.g. the full "
+            "mode): read its ratios as a rough sketch")
+
+
+def legend(configs: Sequence[EchoConfig], specs: Sequence[ServerSpec]) -> list[str]:
+    """"NAME: what it means" for the configuration and server names of a run's tables."""
+    lines = [f"{c.name}: {c.what}" for c in configs]
+    threads = sorted({s.threads for s in specs if s.model == "port" and s.threads})
+    if threads:
+        lines.append("BACKEND/portxN (" + ", ".join(f"portx{n}" for n in threads) + "): "
+                     "portio's echo server on that backend, the completion-port model "
+                     "(portio-echo serve --model port) with N worker threads on get_many")
+    if any(s.model == "routine" for s in specs):
+        lines.append("BACKEND/routine: portio's echo server, the completion-routine model "
+                     "(portio-echo serve --model routine): one thread, callbacks run by dispatch")
+    lines += [f"{s.name}: {s.note}" for s in specs if s.note]
+    return lines
 
 
 def pin_plan(enabled: bool) -> tuple[set[int] | None, set[int] | None]:
@@ -151,7 +183,8 @@ def run_echo(specs: Sequence[ServerSpec], configs: Sequence[EchoConfig], reps: i
                         if progress is not None:
                             label = server.server if isinstance(server, Measurement) \
                                 else server.spec.name
-                            progress(done, total, f"rep {rep + 1}/{reps} {config.name} {label}")
+                            progress(done, total,
+                                     f"rep {rep + 1}/{reps} {config.name}: measuring {label}")
                         if isinstance(server, Measurement):
                             results.append(dataclasses.replace(server, config=config.name))
                         else:
@@ -234,7 +267,7 @@ def _pct(ratio: float) -> str:
 
 def targets(results: Sequence[Measurement], specs: Sequence[ServerSpec],
             noise_band: float = 0.05) -> list[dict[str, Any]]:
-    """The three targets of issue 6, judged on pairwise ratio medians (min-max shown).
+    """The benchmark's three targets, judged on pairwise ratio medians (min-max shown).
 
     "No worse" allows ``noise_band`` (5 %): a median inside it is reported as met within noise.
     """
@@ -251,8 +284,8 @@ def targets(results: Sequence[Measurement], specs: Sequence[ServerSpec],
     target = "io_uring 100x64B: less server CPU/msg and more msgs/s than uvloop"
     uring = [s.name for s in specs if s.backend == "io_uring" and s.model == "port"]
     if not uring or "uvloop" not in names:
-        add(target, None, "not measured: " + ("no io_uring backend" if not uring else
-                                              "uvloop not installed"))
+        add(target, None, "not measured: " + ("no io_uring port-model server in this run"
+                                              if not uring else "uvloop not in this run"))
     for name in uring:
         msgs = _ratio(vs_uvloop, "100x64B", name, "msgs_per_s")
         cpu = _ratio(vs_uvloop, "100x64B", name, "server_cpu_per_msg")
