@@ -11,7 +11,6 @@ import contextlib
 import os
 import random
 import re
-import select
 import shutil
 import signal
 import socket
@@ -30,9 +29,7 @@ import pytest
 import portio
 from portio.echo import (
     BUFFER_SIZE,
-    MAX_SENDS_IN_FLIGHT,
     STREAM_BUFFER_SIZE,
-    Client,
     EchoServer,
     IoData,
     StopFlag,
@@ -622,151 +619,43 @@ def test_a_dying_worker_process_stops_the_rest_with_failure() -> None:
         proc.close()
 
 
-def test_the_receive_buffer_grows_only_for_a_client_whose_receive_filled_it() -> None:
-    with socket.socket() as sock:
-        client = Client(sock, (HOST, 1))
-        assert len(client.io.buffer) == BUFFER_SIZE
-        same = client.next_receive_buffer(filled=False)
-        assert len(same.buffer) == BUFFER_SIZE  # nothing filled it: the same size
-        assert same is not client.io  # no spare yet: a new one (the old one is in a send)
-        client.give_back(same)
-        assert client.next_receive_buffer(filled=False) is same  # a spare is reused
-        client.io = client.next_receive_buffer(filled=True)
-        assert len(client.io.buffer) == STREAM_BUFFER_SIZE
-        client.give_back(IoData(bytearray(BUFFER_SIZE)))  # a send of the old size completes
-        assert client.spare == [], "a buffer of the old size is dropped, not kept"
-        client.io = client.next_receive_buffer(filled=True)
-        assert len(client.io.buffer) == STREAM_BUFFER_SIZE  # never past the stream size
-
-
-def hog_blocking(sock: socket.socket) -> socket.socket:
-    """``sock`` made blocking again, with a test-sized timeout."""
-    sock.settimeout(IO_TIMEOUT)
-    return sock
-
-
-class InProcessServer:
-    """An :class:`EchoServer` running in a thread of the test process, so that a test can look
-    at its clients' state."""
-
-    def __init__(self, backend: str, model: str, threads: int = 1) -> None:
-        self.stop = StopFlag()
-        self.server = EchoServer(open_listener(HOST, 0), portio.open_port(backend), model=model,
-                                 threads=threads, max_clients=0, stop=self.stop)
-        self.address = self.server.listener.getsockname()[:2]
-        self.thread = threading.Thread(target=self.server.run)
-        self.thread.start()
-
-    def clients(self) -> list[Client]:
-        """The clients connected now."""
-        with self.server._clients_lock:
-            return list(self.server._clients.values())
-
-    def close(self) -> None:
-        """Stop the server and wait for it (failing if it hangs)."""
-        self.stop.set()
-        self.thread.join(STOP_TIMEOUT)
-        assert not self.thread.is_alive(), "the server did not stop"
-
-
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_client_that_never_reads_holds_at_most_the_bound_of_sends(backend: str,
-                                                                    model: str) -> None:
-    """The pipeline is full (a receive was posted while a send was in flight, up to the bound)
-    and then stops: the client holds at most MAX_SENDS_IN_FLIGHT + 1 buffers.  Every byte
-    still comes back, in order, once the client reads."""
-    server = InProcessServer(backend, model, threads=2 if model == "port" else 1)
-    total = 32 << 20
-    payload = memoryview(random.Random(5).randbytes(total))
-    try:
-        with socket.socket() as hog:
-            # Small buffers on the client's side, so the kernel's buffers fill quickly and the
-            # server's sends have to wait.
-            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-            hog.settimeout(IO_TIMEOUT)
-            hog.connect(server.address)
-            hog.setblocking(False)
-            sent = 0
-            while sent < total and select.select([], [hog], [], 0.5)[1]:  # until 0.5 s stalled
-                sent += hog.send(payload[sent:sent + (1 << 20)])
-            assert sent < total, "the kernel took 32 MiB: the server never had to wait"
-            deadline = time.monotonic() + IO_TIMEOUT
-            while True:
-                (client,) = server.clients()
-                with client.lock:
-                    state = (client.sends, client.receiving, len(client.spare))
-                if state[:2] == (MAX_SENDS_IN_FLIGHT, False):
-                    break
-                assert time.monotonic() < deadline, f"(sends, receiving, spare) = {state}"
-                time.sleep(0.05)
-            assert state[2] == 0, "every buffer but the receive one is in a send"
-            got = bytearray()
-            while len(got) < sent:
-                assert time.monotonic() < deadline, f"{len(got)} of {sent} bytes echoed"
-                if select.select([hog], [], [], 1)[0]:
-                    chunk = hog.recv(1 << 20)
-                    assert chunk, "the server closed the connection"
-                    got += chunk
-            assert got == payload[:sent]
-            # The last send's completion may be handled just after its bytes arrived here.
-            while not client.receiving:
-                assert time.monotonic() < deadline, "the receive never resumed"
-                time.sleep(0.05)
-            assert echo_round_trip(hog_blocking(hog), b"more") == b"more"
-    finally:
-        server.close()
-
-
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_client_that_ends_its_stream_gets_every_echo_first(backend: str, model: str) -> None:
-    """The client sends 40 KB, half-closes and reads only later: the server sees the end of
-    the stream while its echo still waits for room, and must finish that send before it
-    closes the connection (closing would cancel it)."""
-    server = InProcessServer(backend, model)
-    payload = random.Random(9).randbytes(40_000)
-    try:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: fixed
-            sock.settimeout(IO_TIMEOUT)
-            sock.connect(server.address)
-            deadline = time.monotonic() + IO_TIMEOUT
-            while not server.clients():
-                assert time.monotonic() < deadline, "the server never took the connection"
-                time.sleep(0.01)
-            # Small buffers on the server's side too, so 40 KB cannot all be sent at once.
-            server.clients()[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            time.sleep(0.5)  # the server reads it all, and the end, while the echo waits
-            got = bytearray()
-            while chunk := sock.recv(1 << 16):
-                got += chunk
-        assert len(got) == len(payload) and got == payload
-    finally:
-        server.close()
+def test_io_data_grows_only_for_a_client_whose_receive_filled_it() -> None:
+    io = IoData()
+    assert len(io.buffer) == BUFFER_SIZE
+    io.grow_if_streaming()
+    assert len(io.buffer) == BUFFER_SIZE  # nothing filled it yet
+    io.filled = True
+    io.grow_if_streaming()
+    assert len(io.buffer) == STREAM_BUFFER_SIZE
+    grown = io.buffer
+    io.grow_if_streaming()
+    assert io.buffer is grown  # never past the stream size, never reallocated
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_streaming_client_gets_the_larger_buffer_a_chatty_one_does_not(
         backend: str, model: str) -> None:
-    server = InProcessServer(backend, model)
+    port = portio.open_port(backend)
+    stop = StopFlag()
+    server = EchoServer(open_listener(HOST, 0), port, model=model, threads=1, max_clients=0,
+                        stop=stop)
+    thread = threading.Thread(target=server.run)
+    thread.start()
     try:
-        address = server.address
+        address = server.listener.getsockname()[:2]
         payload = random.Random(7).randbytes(4 << 20)
         with socket.create_connection(address, timeout=IO_TIMEOUT) as streamer, \
                 socket.create_connection(address, timeout=IO_TIMEOUT) as chatty:
             assert echo_round_trip(streamer, payload) == payload
             for i in range(20):
                 assert echo_round_trip(chatty, b"%d" % i) == b"%d" % i
-            clients = {format_address(c.address): c for c in server.clients()}
-            streaming = clients[format_address(streamer.getsockname())]
-            chatting = clients[format_address(chatty.getsockname())]
-            assert len(streaming.io.buffer) == STREAM_BUFFER_SIZE
-            assert len(chatting.io.buffer) == BUFFER_SIZE
-            assert chatting.spare == [], "small echoes are copies: one buffer is enough"
+            with server._clients_lock:
+                sizes = {format_address(c.address): len(c.io.buffer)
+                         for c in server._clients.values()}
+            assert sizes == {format_address(streamer.getsockname()): STREAM_BUFFER_SIZE,
+                             format_address(chatty.getsockname()): BUFFER_SIZE}
     finally:
-        server.close()
+        stop.set()
+        thread.join(STOP_TIMEOUT)
+    assert not thread.is_alive()

@@ -6,12 +6,13 @@ one module each:
 ``portio-echo serve --model routine`` (:mod:`portio.echo.server_routine`)
     The overlapped echo server driven by *completion routines* in an alertable wait: one
     thread, every operation started with ``callback=``, and :meth:`CompletionPort.dispatch`
-    (the ``SleepEx(..., TRUE)`` analog) runs the routines.  Read-done starts the echo send
-    (and, for a streaming client, the next recv); write-done starts the next recv otherwise.
+    (the ``SleepEx(..., TRUE)`` analog) runs the routines.  Read-done starts the echo send,
+    write-done starts the next recv.
 ``portio-echo serve`` (``--model port``, the default; :mod:`portio.echo.server_port`)
     The *completion-port* echo server: the main thread accepts, registers each client with its
     per-handle data (the socket and the address) as the completion key, and starts a recv whose
-    per-I/O data is the buffer; ``--threads`` workers loop on :meth:`CompletionPort.get_many`.
+    per-I/O data is the buffer and whether it is a read or a write; ``--threads`` workers loop
+    on :meth:`CompletionPort.get_many`.
 ``portio-echo client`` (:mod:`portio.echo.client`)
     The *stable* echo client: it keeps reading until every byte it sent has come back, which is
     the only correct way to use a TCP stream (one ``send`` may come back in many ``recv``\\ s).
@@ -20,22 +21,16 @@ What both servers share (the per-handle and per-I/O data, the echo state machine
 :mod:`portio.echo.server`; ``--workers N`` (N server processes on one port) is
 :mod:`portio.echo.supervisor`; the command line is :mod:`portio.echo.cli`.
 
-Both servers pipeline a streaming client like the seed's server (on a read completion it calls
-WSASend and then WSARecv at once): after a large receive, the next one starts while the echo is
-being sent.  After a small one (a message whose sender waits for its echo) the next receive
-starts when the echo is sent, since a receive started earlier would only wait, which costs more
-(see ``COPY_LIMIT`` in :mod:`portio.echo.server`).  Memory per client stays bounded: at most
-``MAX_SENDS_IN_FLIGHT`` echo sends per client are in flight, and a client at that bound gets
-its next receive only when one of them completes.  A client that never reads therefore stalls
-only itself (the kernel's socket buffers fill, its sends wait, its receive is not restarted):
-backpressure instead of unbounded buffering.
+Memory per client is bounded: each client owns one receive buffer, and the next recv is only
+started once the echo of the previous one has been sent.  A client that never reads therefore
+stalls only itself (the kernel's socket buffers fill and its send waits): backpressure instead
+of unbounded buffering.
 """
 
 from portio.echo.cli import main
 from portio.echo.client import percentile
 from portio.echo.server import (
     BUFFER_SIZE,
-    MAX_SENDS_IN_FLIGHT,
     STREAM_BUFFER_SIZE,
     Client,
     EchoServer,
@@ -45,5 +40,5 @@ from portio.echo.server import (
     open_listener,
 )
 
-__all__ = ["BUFFER_SIZE", "MAX_SENDS_IN_FLIGHT", "STREAM_BUFFER_SIZE", "Client", "EchoServer",
-           "IoData", "StopFlag", "format_address", "main", "open_listener", "percentile"]
+__all__ = ["BUFFER_SIZE", "STREAM_BUFFER_SIZE", "Client", "EchoServer", "IoData", "StopFlag",
+           "format_address", "main", "open_listener", "percentile"]

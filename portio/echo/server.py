@@ -13,14 +13,15 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from portio import Completion, CompletionPort, OperationCancelled
 
-__all__ = ["BUFFER_SIZE", "COPY_LIMIT", "MAX_SENDS_IN_FLIGHT", "SHUTDOWN_GRACE",
-           "STOP_POLL_INTERVAL", "STREAM_BUFFER_SIZE", "Client", "EchoServer", "IoData",
-           "StopFlag", "format_address", "open_listener", "print_ready", "ready_line"]
+__all__ = ["BUFFER_SIZE", "SHUTDOWN_GRACE", "STOP_POLL_INTERVAL", "STREAM_BUFFER_SIZE", "Client",
+           "EchoServer", "IoData", "StopFlag", "format_address", "open_listener", "print_ready",
+           "ready_line"]
 
 log = logging.getLogger("portio.echo")
 
@@ -39,79 +40,37 @@ STOP_POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 5.0
 
 
-#: Echo sends one client may have in flight.  Like the seed's server (on a read completion it
-#: calls WSASend and then WSARecv at once), a streaming client gets its next receive while the
-#: echo of the last one is being sent, so its bytes keep flowing both ways; at this bound the
-#: next receive waits for a send to complete.  A client that never reads therefore holds at
-#: most this many buffers in sends plus the one its receive uses.
-MAX_SENDS_IN_FLIGHT = 2
-#: A receive of more than this many bytes means the client streams: more bytes are probably
-#: waiting, so the buffer goes to the echo send and the next receive starts at once, into
-#: another buffer.  A smaller receive is a message whose sender most likely waits for its echo:
-#: a receive started now would find nothing and wait, which costs every backend more than one
-#: started when the bytes are there (io_uring arms a poll; the selector backend makes a failed
-#: recv and an epoll change), so it starts when the send completes, into the same buffer.  (If
-#: another send is still in flight, the echo is a copy: that send's completion may restart the
-#: receive first.  For a few KiB a copy costs less than a second buffer.)
-COPY_LIMIT = 16 * 1024
-
-
 # ---------------------------------------------------------------------- per-handle / per-I/O data
+@dataclass(eq=False)
 class Client:
-    """Per-handle data, the completion key of one client: its socket and its address, and the
-    state of its echo pipeline (receive buffer, spare buffers, sends in flight)."""
+    """Per-handle data, the completion key of one client: its socket and its address."""
 
-    __slots__ = ("address", "ended", "io", "lock", "receiving", "sends", "sock", "spare")
+    sock: socket.socket
+    address: Any
+    io: IoData = field(init=False)
 
-    def __init__(self, sock: socket.socket, address: Any) -> None:
-        self.sock = sock
-        self.address = address
-        #: Serialises the pipeline state: in the port model a receive's completion and a
-        #: send's can be handled by two workers at once.
-        self.lock = threading.Lock()
-        #: The per-I/O data of the receive in flight (or the next one).
-        self.io = IoData(bytearray(BUFFER_SIZE))
-        #: Buffers of the current size that completed sends gave back (at most
-        #: MAX_SENDS_IN_FLIGHT of them).
-        self.spare: list[IoData] = []
-        #: Echo sends started and not yet completed.
-        self.sends = 0
-        #: A receive is posted; False while the client waits at MAX_SENDS_IN_FLIGHT.
-        self.receiving = True
-        #: The client closed its side: it is closed once the echo sends in flight are done.
-        self.ended = False
-
-    def next_receive_buffer(self, filled: bool) -> IoData:
-        """(lock held) The per-I/O data for the next receive, once the last one's buffer went
-        to a send: a larger buffer if that receive ``filled`` it (the client streams), else a
-        spare one of the same size, else a new one."""
-        size = len(self.io.buffer)
-        if filled and size < STREAM_BUFFER_SIZE:
-            self.spare.clear()  # smaller buffers are no use any more
-            return IoData(bytearray(STREAM_BUFFER_SIZE))
-        return self.spare.pop() if self.spare else IoData(bytearray(size))
-
-    def give_back(self, io: IoData) -> None:
-        """(lock held) A send completed: keep its buffer for a later receive, unless the client
-        has moved to larger buffers meanwhile."""
-        if len(io.buffer) == len(self.io.buffer):
-            self.spare.append(io)
+    def __post_init__(self) -> None:
+        self.io = IoData()
 
     def __repr__(self) -> str:
         return f"<Client {format_address(self.address)}>"
 
 
+@dataclass(eq=False)
 class IoData:
-    """Per-I/O data of a receive, and of the send that echoes it from the same buffer: the
-    buffer.  (A send of a small copy carries none.)"""
+    """Per-I/O data carried by each operation: the buffer, and whether it is being read into or
+    written from.  A client has exactly one, so exactly one operation per client is in flight."""
 
-    __slots__ = ("buffer",)
+    buffer: bytearray = field(default_factory=lambda: bytearray(BUFFER_SIZE))
+    mode: Literal["read", "write"] = "read"
+    #: The last receive filled the whole buffer: the client is streaming.
+    filled: bool = False
 
-    def __init__(self, buffer: bytearray) -> None:
-        self.buffer = buffer
-
-    def __repr__(self) -> str:
-        return f"<IoData {len(self.buffer)} bytes>"
+    def grow_if_streaming(self) -> None:
+        """Give a streaming client the larger buffer.  Only between a send's completion and
+        the next receive, when no operation uses the buffer."""
+        if self.filled and len(self.buffer) < STREAM_BUFFER_SIZE:
+            self.buffer = bytearray(STREAM_BUFFER_SIZE)
 
 
 def format_address(address: Any) -> str:
@@ -236,7 +195,7 @@ class EchoServer:
 
     def _start_recv(self, client: Client, callback: Callable[[Completion], object] | None
                     ) -> None:
-        # The server's one receive call: every receive of every client starts here.
+        client.io.mode = "read"
         self.port.recv(client.sock, client.io.buffer, data=client.io, callback=callback)
 
     def on_completion(self, completion: Completion,
@@ -244,72 +203,29 @@ class EchoServer:
         """The echo state machine for one completed recv or send of one client; ``callback``
         is what the next operation is started with (None in the port model)."""
         client: Client = completion.key
-        error = completion.error
-        if error is not None:
-            if not isinstance(error, OperationCancelled):
-                self.close_client(client, f"{type(error).__name__}: {error}")
-            # (cancelled: close_handle did it, and whoever closed the client owns the cleanup)
+        io: IoData = completion.data
+        if isinstance(completion.error, OperationCancelled):
+            return  # close_handle cancelled it: whoever closed the client owns the cleanup
+        if completion.error is not None:
+            self.close_client(client, f"{type(completion.error).__name__}: {completion.error}")
             return
         try:
-            if completion.kind == "recv":
-                self._echo(client, completion.data, completion.nbytes, callback)
+            if io.mode == "read":
+                if completion.nbytes == 0:
+                    self.close_client(client, "closed by peer")
+                    return
+                # The echo carries the same per-I/O data, now in write mode; the buffer is not
+                # touched again until this send completes, so no copy is needed.
+                io.mode = "write"
+                io.filled = completion.nbytes == len(io.buffer)
+                self.port.send(client.sock, memoryview(io.buffer)[:completion.nbytes], data=io,
+                               callback=callback)
             else:
-                self._sent(client, completion.data, callback)
+                io.grow_if_streaming()
+                self._start_recv(client, callback)
         except (ValueError, OSError) as exc:
             # The client (or the port) was closed meanwhile, by shutdown.
             self.close_client(client, f"{type(exc).__name__}: {exc}")
-
-    def _echo(self, client: Client, io: IoData, nbytes: int,
-              callback: Callable[[Completion], object] | None) -> None:
-        """A receive completed: send its bytes back; receive again at once if the client
-        streams and is below its bound of sends in flight (else when a send completes)."""
-        if nbytes == 0:
-            # End of its stream.  The echo still in flight is owed to the client (close_handle
-            # would cancel it), so the last send's completion closes it if one is pending.
-            with client.lock:
-                client.ended = True
-                idle = client.sends == 0
-            if idle:
-                self.close_client(client, "closed by peer")
-            return
-        payload: bytes | memoryview
-        with client.lock:
-            client.sends += 1
-            if nbytes <= COPY_LIMIT:
-                if client.sends == 1:
-                    # No other send can complete first and restart the receive into this
-                    # buffer: echo straight from it (it is free again once this send is).
-                    payload, sent_io = memoryview(io.buffer)[:nbytes], io
-                else:
-                    payload, sent_io = bytes(memoryview(io.buffer)[:nbytes]), None
-                again = client.receiving = False
-            else:
-                # The send owns this buffer until it completes; the next receive takes another.
-                payload, sent_io = memoryview(io.buffer)[:nbytes], io
-                client.io = client.next_receive_buffer(nbytes == len(io.buffer))
-                again = client.receiving = client.sends < MAX_SENDS_IN_FLIGHT
-            # Started under the lock: a send completing on another worker must not restart
-            # the receive, and have its bytes echoed, before these are queued.
-            self.port.send(client.sock, payload, data=sent_io, callback=callback)
-        if again:
-            self._start_recv(client, callback)
-
-    def _sent(self, client: Client, io: IoData | None,
-              callback: Callable[[Completion], object] | None) -> None:
-        """An echo send completed: keep its buffer, and resume receiving if the client was
-        held at its bound (or close it, if it ended its stream and this was its last echo)."""
-        with client.lock:
-            client.sends -= 1
-            if io is not None and io is not client.io:
-                client.give_back(io)
-            finished = client.ended and client.sends == 0
-            resume = not (client.receiving or client.ended)
-            if resume:
-                client.receiving = True
-        if finished:
-            self.close_client(client, "closed by peer")
-        elif resume:
-            self._start_recv(client, callback)
 
     def close_all(self) -> None:
         """Close every client (shutdown)."""
