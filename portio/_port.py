@@ -584,8 +584,11 @@ def _sigint_handler(signum: int, frame: Any) -> None:
 
 
 def _deliver_interrupt() -> None:
-    global _interrupt_retrip
+    global _interrupt_pending, _interrupt_retrip
     while _interrupt_pending:
+        if signal.getsignal(signal.SIGINT) is not _sigint_handler:
+            _interrupt_pending = False  # the program handles SIGINT itself now
+            return
         for port in list(_PORTS):
             port._wake_thread(_MAIN_IDENT)  # a main thread blocked in the port loops, and raises
         time.sleep(0.001)
@@ -598,7 +601,8 @@ def _raise_pending_interrupt() -> None:
     """(a safe point, in the main thread) Raise the Ctrl-C that arrived inside the port."""
     global _interrupt_pending
     _interrupt_pending = False
-    raise KeyboardInterrupt
+    if signal.getsignal(signal.SIGINT) is _sigint_handler:  # (not if SIGINT was re-handled)
+        raise KeyboardInterrupt
 
 
 def _protect_from_keyboard_interrupt() -> None:

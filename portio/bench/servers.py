@@ -100,6 +100,14 @@ def available_servers(backends: Sequence[str], threads: int) -> tuple[list[Serve
             if model == "port":
                 argv += ("--threads", str(count))
             specs.append(ServerSpec(name, argv, "portio", backend, model, count))
+    # The same asyncio Protocol echo server as the asyncio peer, on portio's event loop.  Its
+    # backend is in the name, not in ``backend``: it is not portio's own server, and the
+    # targets that judge portio's servers per backend must not pick it up.
+    for backend in backends:
+        specs.append(ServerSpec(
+            f"asyncio@{backend}",
+            (sys.executable, "-m", "portio.asyncio._echo", "--backend", backend),
+            "portio", note=f"asyncio's Protocol echo server on portio's event loop ({backend})"))
     for kind in PEERS:
         reason = _why_unavailable(kind)
         if reason is None:
