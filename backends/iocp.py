@@ -37,6 +37,9 @@ Traps
   than freed under the kernel's feet.
 * Cancel races: ``CancelIoEx`` returns ERROR_NOT_FOUND when the operation already finished; its
   packet is then on the way with the real result, which is delivered (bytes never lost).
+* Idle receives: a receive given a size posts a zero-byte ``WSARecv`` (for a datagram socket a
+  zero-byte ``MSG_PEEK``, which leaves the datagram queued); its packet says data arrived, and
+  one non-blocking ``recv(size)`` takes it. A pending receive so holds no buffer at all.
 * Whole-buffer sends: a ``WSASend`` that completes short is re-submitted for the rest.
 * ``FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`` (no packet when a call succeeds at once) is turned on
   only for TCP sockets whose provider reports real kernel handles (``XP1_IFS_HANDLES``; a
@@ -76,6 +79,7 @@ __all__ = ["IocpPort"]
 #: Completion key of the packets ``_wakeup`` posts; I/O packets use :data:`_IO_KEY`.
 _WAKEUP_KEY = 1
 _IO_KEY = 2
+_MSG_PEEK = int(socket.MSG_PEEK)
 #: NumberOfConcurrentThreads for CreateIoCompletionPort: "no cap" (see the module docstring).
 _KERNEL_CONCURRENCY = 0x7FFFFFFF
 #: Packets dequeued per GetQueuedCompletionStatusEx call.
@@ -176,6 +180,10 @@ class IocpPort(PortBase):
                     "(Windows allows one port per handle for the handle's whole life)")
             raise w.winerror_to_oserror(code)
         entry.native = self._skip_on_success(entry)
+        if entry.sock is not None:
+            # As on every backend; overlapped calls ignore it, and the receive after a
+            # zero-byte one (_receive_ready) must never block under the port lock.
+            entry.sock.setblocking(False)
 
     @staticmethod
     def _attach_other(entry: HandleEntry) -> None:
@@ -249,7 +257,10 @@ class IocpPort(PortBase):
         self._fail(op, code)
 
     def _start_recv(self, op: Operation, n: _Native) -> bool:
-        self._set_wsabuf(op, n, op.buffer)
+        if op.buffer is None:  # given a size: a zero-byte receive, then _receive_ready
+            n.wsabuf = ffi.new("WSABUF *")  # len 0, buf NULL
+        else:
+            self._set_wsabuf(op, n, op.buffer)
         n.flags = ffi.new("DWORD *", 0)
         rc = _ws2.WSARecv(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags, n.ov, ffi.NULL)
         return bool(rc != _SOCKET_ERROR)
@@ -261,8 +272,13 @@ class IocpPort(PortBase):
         return bool(rc != _SOCKET_ERROR)
 
     def _start_recvfrom(self, op: Operation, n: _Native) -> bool:
-        self._set_wsabuf(op, n, op.buffer)
-        n.flags = ffi.new("DWORD *", 0)
+        if op.buffer is None:
+            # A zero-byte receive would discard a datagram (truncated to nothing): peek.
+            n.wsabuf = ffi.new("WSABUF *")
+            n.flags = ffi.new("DWORD *", _MSG_PEEK)
+        else:
+            self._set_wsabuf(op, n, op.buffer)
+            n.flags = ffi.new("DWORD *", 0)
         n.addr = ffi.new("SOCKADDR_STORAGE *")
         n.addrlen = ffi.new("INT *", ffi.sizeof("SOCKADDR_STORAGE"))
         rc = _ws2.WSARecvFrom(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags,
@@ -366,7 +382,14 @@ class IocpPort(PortBase):
                 return
         kind = op.kind
         try:
-            if kind in ("recv", "read"):
+            if op.buffer is None and kind in ("recv", "recvfrom"):
+                # The zero-byte receive says data (or the end, or an error) is there.
+                if not self._receive_ready(op):
+                    if op.cancel_error is not None:
+                        self._finish(op, None, 0, op.cancel_error)
+                    else:
+                        self._start(op)  # nothing after all: wait again, still bufferless
+            elif kind in ("recv", "read"):
                 self._finish(op, op.recv_result(nbytes), nbytes)
             elif kind in ("send", "write"):
                 op.sent += nbytes
