@@ -16,8 +16,10 @@ The classic teaching sequence for Windows I/O has three programs; each has a cou
     The *stable* echo client: it keeps reading until every byte it sent has come back, which is
     the only correct way to use a TCP stream (one ``send`` may come back in many ``recv``\\ s).
 
-Memory per client is bounded: each client owns one receive buffer, and the next recv is only
-started once the echo of the previous one has been sent.  A client that never reads therefore
+Memory per client is bounded: each client has one receive of ``size`` bytes in flight, and the
+next recv is only started once the echo of the previous one has been sent.  The receive is
+given a size, not a buffer, so an idle client holds no receive buffer at all: the bytes object
+exists only once data has arrived, and only until its echo is sent.  A client that never reads therefore
 stalls only itself (the kernel's socket buffers fill and its send waits): backpressure instead
 of unbounded buffering.
 """
@@ -46,8 +48,8 @@ __all__ = ["BUFFER_SIZE", "STREAM_BUFFER_SIZE", "Client", "EchoServer", "IoData"
 log = logging.getLogger("portio.echo")
 
 DEFAULT_PORT = 9190
-#: One receive buffer per client: big enough that a multi-MiB echo needs few round trips
-#: through the port, small enough that 10 000 clients cost well under 1 GiB.
+#: The size of a client's receives: big enough that a multi-MiB echo needs few round trips
+#: through the port; costs memory only while data flows (an idle receive holds no buffer).
 BUFFER_SIZE = 64 * 1024
 #: What the buffer grows to once a receive fills it (the client streams): every operation
 #: costs the same few microseconds of Python whatever its size, so a stream moves in 4x fewer
@@ -79,19 +81,20 @@ class Client:
 
 @dataclass(eq=False)
 class IoData:
-    """Per-I/O data carried by each operation: the buffer, and whether it is being read into or
-    written from.  A client has exactly one, so exactly one operation per client is in flight."""
+    """Per-I/O data carried by each operation: the receive size, and whether a receive or the
+    echo's send is in flight.  A client has exactly one, so exactly one operation per client is
+    in flight."""
 
-    buffer: bytearray = field(default_factory=lambda: bytearray(BUFFER_SIZE))
+    size: int = BUFFER_SIZE
     mode: Literal["read", "write"] = "read"
     #: The last receive filled the whole buffer: the client is streaming.
     filled: bool = False
 
     def grow_if_streaming(self) -> None:
-        """Give a streaming client the larger buffer.  Only between a send's completion and
-        the next receive, when no operation uses the buffer."""
-        if self.filled and len(self.buffer) < STREAM_BUFFER_SIZE:
-            self.buffer = bytearray(STREAM_BUFFER_SIZE)
+        """Give a streaming client the larger receive size (between a send's completion and
+        the next receive)."""
+        if self.filled and self.size < STREAM_BUFFER_SIZE:
+            self.size = STREAM_BUFFER_SIZE
 
 
 def format_address(address: Any) -> str:
@@ -201,7 +204,7 @@ class EchoServer:
     def _start_recv(self, client: Client, callback: Callable[[Completion], object] | None
                     ) -> None:
         client.io.mode = "read"
-        self.port.recv(client.sock, client.io.buffer, data=client.io, callback=callback)
+        self.port.recv(client.sock, client.io.size, data=client.io, callback=callback)
 
     def _on_completion(self, completion: Completion,
                        callback: Callable[[Completion], object] | None) -> None:
@@ -219,12 +222,11 @@ class EchoServer:
                 if completion.nbytes == 0:
                     self._close_client(client, "closed by peer")
                     return
-                # The echo carries the same per-I/O data, now in write mode; the buffer is not
-                # touched again until this send completes, so no copy is needed.
+                # The echo carries the same per-I/O data, now in write mode, and sends the
+                # received bytes object itself: no copy.
                 io.mode = "write"
-                io.filled = completion.nbytes == len(io.buffer)
-                self.port.send(client.sock, memoryview(io.buffer)[:completion.nbytes], data=io,
-                               callback=callback)
+                io.filled = completion.nbytes == io.size
+                self.port.send(client.sock, completion.result, data=io, callback=callback)
             else:
                 io.grow_if_streaming()
                 self._start_recv(client, callback)
