@@ -37,9 +37,10 @@ Traps
   than freed under the kernel's feet.
 * Cancel races: ``CancelIoEx`` returns ERROR_NOT_FOUND when the operation already finished; its
   packet is then on the way with the real result, which is delivered (bytes never lost).
-* Idle receives: a receive given a size posts a zero-byte ``WSARecv`` (for a datagram socket a
-  zero-byte ``MSG_PEEK``, which leaves the datagram queued); its packet says data arrived, and
-  one non-blocking ``recv(size)`` takes it. A pending receive so holds no buffer at all.
+* Idle receives: a receive given a size posts a zero-byte ``WSARecv``; its packet says data
+  arrived, and one non-blocking ``recv(size)`` takes it. A ``recvfrom`` posts a zero-byte
+  ``MSG_PEEK`` instead (a zero-byte receive would discard the datagram), then a ``WSARecvFrom``
+  into a buffer made then. A pending receive so holds no buffer at all.
 * Whole-buffer sends: a ``WSASend`` that completes short is re-submitted for the rest.
 * ``FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`` (no packet when a call succeeds at once) is turned on
   only for TCP sockets whose provider reports real kernel handles (``XP1_IFS_HANDLES``; a
@@ -382,7 +383,15 @@ class IocpPort(PortBase):
                 return
         kind = op.kind
         try:
-            if op.buffer is None and kind in ("recv", "recvfrom"):
+            if op.buffer is None and kind == "recvfrom":
+                # The peek says a datagram is there: receive it with a buffer made now (it
+                # completes at once), so a longer datagram is truncated as it always was.
+                if op.cancel_error is not None:  # exact: the datagram is still queued
+                    self._finish(op, None, 0, op.cancel_error)
+                else:
+                    op.buffer = memoryview(bytearray(op.size))
+                    self._start(op)
+            elif op.buffer is None and kind == "recv":
                 # The zero-byte receive says data (or the end, or an error) is there.
                 if not self._receive_ready(op):
                     if op.cancel_error is not None:

@@ -19,9 +19,9 @@ The classic teaching sequence for Windows I/O has three programs; each has a cou
 Memory per client is bounded: each client has one receive of ``size`` bytes in flight, and the
 next recv is only started once the echo of the previous one has been sent.  The receive is
 given a size, not a buffer, so an idle client holds no receive buffer at all: the bytes object
-exists only once data has arrived, and only until its echo is sent.  A client that never reads therefore
-stalls only itself (the kernel's socket buffers fill and its send waits): backpressure instead
-of unbounded buffering.
+exists only once data has arrived, and only until its echo is sent.  A client that never
+reads therefore stalls only itself (the kernel's socket buffers fill and its send waits):
+backpressure instead of unbounded buffering.
 """
 
 from __future__ import annotations
