@@ -64,7 +64,7 @@ SHUTDOWN_GRACE = 5.0
 
 
 # ---------------------------------------------------------------------- per-handle / per-I/O data
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Client:
     """Per-handle data, the completion key of one client: its socket and its address."""
 
@@ -79,7 +79,7 @@ class Client:
         return f"<Client {format_address(self.address)}>"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class IoData:
     """Per-I/O data carried by each operation: the receive size, and whether a receive or the
     echo's send is in flight.  A client has exactly one, so exactly one operation per client is
