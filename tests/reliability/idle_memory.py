@@ -32,6 +32,8 @@ _ADDRESS = re.compile(r"(\d+\.\d+\.\d+\.\d+):(\d+)")
 def raise_fd_limit(needed: int) -> int:
     """Raise the soft descriptor limit toward the hard one (children inherit it); return the
     soft limit now."""
+    if sys.platform == "win32":
+        return needed  # no per-process limit on handles to raise (and no /proc to measure)
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
