@@ -251,7 +251,12 @@ class IocpPort(PortBase):
                 self._inflight[_ov_key(native.ov)] = op
             return
         code = w.last_error()
-        if code == w.Error.ERROR_IO_PENDING:
+        if code == w.Error.ERROR_IO_PENDING or (
+                code == w.Error.WSAEMSGSIZE and op.kind == "recvfrom"):
+            # WSAEMSGSIZE at once: a datagram longer than the buffer (or found by the zero-byte
+            # peek of a receive given a size).  Its status, STATUS_BUFFER_OVERFLOW, is only a
+            # warning, so a packet is still queued (measured under Wine): the kernel still
+            # owns the OVERLAPPED, and the packet completes it as ERROR_MORE_DATA.
             self._inflight[_ov_key(native.ov)] = op
             return
         # Failed at once: the kernel queues no packet and holds nothing.
