@@ -61,6 +61,12 @@ Traps, and what this module does about them
   (measured on Linux 6.18), having consumed nothing.  Such a cancel that nobody asked for is
   re-submitted from the reaping thread (bounded by ``_MAX_RESUBMITS``), so a worker thread may
   start an operation and end.
+- *Idle receives.*  A ``recv``/``recvfrom`` given a size holds no buffer while it waits: it is
+  an ``IORING_OP_POLL_ADD`` (POLLIN, one-shot), and when its CQE says the socket is readable
+  the reaper takes the bytes with one non-blocking ``recv(size)`` (``_receive_ready``), whose
+  bytes object is the result (no copy out of a portio buffer either).  A readiness with
+  nothing to read polls again; a cancel that meets it is then exact.  A receive into a
+  caller's buffer is still an ``IORING_OP_RECV``.
 - *Waking the poller.*  A post or close from another thread submits a NOP (user_data 1); its CQE
   ends the poller's ``io_uring_enter``.  One NOP at most is outstanding.
 - *Refusal.*  Kernels can refuse io_uring at run time: ``ENOSYS`` (too old, or compiled out),
