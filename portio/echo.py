@@ -19,9 +19,10 @@ The classic teaching sequence for Windows I/O has three programs; each has a cou
 Memory per client is bounded: each client has one receive of ``size`` bytes in flight, and the
 next recv is only started once the echo of the previous one has been sent.  The receive is
 given a size, not a buffer, so an idle client holds no receive buffer at all: the bytes object
-exists only once data has arrived, and only until its echo is sent.  A client that never
-reads therefore stalls only itself (the kernel's socket buffers fill and its send waits):
-backpressure instead of unbounded buffering.
+exists only once data has arrived, and only until its echo is sent.  Only a client whose
+receives fill their size (it streams) gets a reused 256 KiB buffer, until one no longer does.
+A client that never reads stalls only itself (the kernel's socket buffers fill and its send
+waits): backpressure instead of unbounded buffering.
 """
 
 from __future__ import annotations
@@ -81,20 +82,27 @@ class Client:
 
 @dataclass(eq=False, slots=True)
 class IoData:
-    """Per-I/O data carried by each operation: the receive size, and whether a receive or the
-    echo's send is in flight.  A client has exactly one, so exactly one operation per client is
-    in flight."""
+    """Per-I/O data carried by each operation: the receive size (and, while the client
+    streams, a buffer), and whether a receive or the echo's send is in flight.  A client has
+    exactly one, so exactly one operation per client is in flight."""
 
     size: int = BUFFER_SIZE
+    #: Only while the client streams: a reused buffer, since a fresh 256 KiB bytes object per
+    #: receive costs an mmap; None otherwise, so a receive given ``size`` holds no memory.
+    buffer: bytearray | None = None
     mode: Literal["read", "write"] = "read"
-    #: The last receive filled the whole buffer: the client is streaming.
+    #: The last receive filled its whole size: the client is streaming.
     filled: bool = False
 
     def grow_if_streaming(self) -> None:
-        """Give a streaming client the larger receive size (between a send's completion and
-        the next receive)."""
-        if self.filled and self.size < STREAM_BUFFER_SIZE:
+        """Give a streaming client the larger receive size and a buffer, and take the buffer
+        back once a receive no longer fills it (between a send's completion and the next
+        receive, when no operation uses the buffer)."""
+        if not self.filled:
+            self.buffer = None
+        elif self.buffer is None:
             self.size = STREAM_BUFFER_SIZE
+            self.buffer = bytearray(STREAM_BUFFER_SIZE)
 
 
 def format_address(address: Any) -> str:
@@ -203,8 +211,10 @@ class EchoServer:
 
     def _start_recv(self, client: Client, callback: Callable[[Completion], object] | None
                     ) -> None:
-        client.io.mode = "read"
-        self.port.recv(client.sock, client.io.size, data=client.io, callback=callback)
+        io = client.io
+        io.mode = "read"
+        self.port.recv(client.sock, io.size if io.buffer is None else io.buffer, data=io,
+                       callback=callback)
 
     def _on_completion(self, completion: Completion,
                        callback: Callable[[Completion], object] | None) -> None:
@@ -223,10 +233,12 @@ class EchoServer:
                     self._close_client(client, "closed by peer")
                     return
                 # The echo carries the same per-I/O data, now in write mode, and sends the
-                # received bytes object itself: no copy.
+                # received bytes (or the buffer, untouched until this send completes): no copy.
                 io.mode = "write"
                 io.filled = completion.nbytes == io.size
-                self.port.send(client.sock, completion.result, data=io, callback=callback)
+                self.port.send(client.sock, completion.result if io.buffer is None
+                               else memoryview(io.buffer)[:completion.nbytes], data=io,
+                               callback=callback)
             else:
                 io.grow_if_streaming()
                 self._start_recv(client, callback)

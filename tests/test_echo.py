@@ -551,14 +551,20 @@ def test_a_dying_worker_process_stops_the_rest_with_failure() -> None:
 
 def test_io_data_grows_only_for_a_client_whose_receive_filled_it() -> None:
     io = IoData()
-    assert io.size == BUFFER_SIZE
+    assert (io.size, io.buffer) == (BUFFER_SIZE, None)  # receives given a size: no buffer
     io.grow_if_streaming()
-    assert io.size == BUFFER_SIZE  # nothing filled it yet
+    assert (io.size, io.buffer) == (BUFFER_SIZE, None)  # nothing filled it yet
     io.filled = True
     io.grow_if_streaming()
-    assert io.size == STREAM_BUFFER_SIZE
+    assert io.size == STREAM_BUFFER_SIZE and io.buffer is not None
+    assert len(io.buffer) == STREAM_BUFFER_SIZE
+    grown = io.buffer
     io.grow_if_streaming()
     assert io.size == STREAM_BUFFER_SIZE  # never past the stream size
+    assert io.buffer is grown  # reused while it streams
+    io.filled = False
+    io.grow_if_streaming()
+    assert io.buffer is None  # the stream paused: back to receives that hold nothing
 
 
 @pytest.mark.parametrize("model", MODELS)
