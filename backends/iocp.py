@@ -37,6 +37,10 @@ Traps
   than freed under the kernel's feet.
 * Cancel races: ``CancelIoEx`` returns ERROR_NOT_FOUND when the operation already finished; its
   packet is then on the way with the real result, which is delivered (bytes never lost).
+* Idle receives: a receive given a size posts a zero-byte ``WSARecv``; its packet says data
+  arrived, and one non-blocking ``recv(size)`` takes it. A ``recvfrom`` posts a zero-byte
+  ``MSG_PEEK`` instead (a zero-byte receive would discard the datagram), then a ``WSARecvFrom``
+  into a buffer made then. A pending receive so holds no buffer at all.
 * Whole-buffer sends: a ``WSASend`` that completes short is re-submitted for the rest.
 * ``FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`` (no packet when a call succeeds at once) is turned on
   only for TCP sockets whose provider reports real kernel handles (``XP1_IFS_HANDLES``; a
@@ -76,6 +80,7 @@ __all__ = ["IocpPort"]
 #: Completion key of the packets ``_wakeup`` posts; I/O packets use :data:`_IO_KEY`.
 _WAKEUP_KEY = 1
 _IO_KEY = 2
+_MSG_PEEK = int(socket.MSG_PEEK)
 #: NumberOfConcurrentThreads for CreateIoCompletionPort: "no cap" (see the module docstring).
 _KERNEL_CONCURRENCY = 0x7FFFFFFF
 #: Packets dequeued per GetQueuedCompletionStatusEx call.
@@ -177,6 +182,10 @@ class IocpPort(PortBase):
                     "(Windows allows one port per handle for the handle's whole life)")
             raise w.winerror_to_oserror(code)
         entry.native = self._skip_on_success(entry)
+        if entry.sock is not None:
+            # As on every backend; overlapped calls ignore it, and the receive after a
+            # zero-byte one (_receive_ready) must never block under the port lock.
+            entry.sock.setblocking(False)
 
     @staticmethod
     def _attach_other(entry: HandleEntry) -> None:
@@ -243,14 +252,22 @@ class IocpPort(PortBase):
                 self._inflight[_ov_key(native.ov)] = op
             return
         code = w.last_error()
-        if code == w.Error.ERROR_IO_PENDING:
+        if code == w.Error.ERROR_IO_PENDING or (
+                code == w.Error.WSAEMSGSIZE and op.kind == "recvfrom"):
+            # WSAEMSGSIZE at once: a datagram longer than the buffer (or found by the zero-byte
+            # peek of a receive given a size).  Its status, STATUS_BUFFER_OVERFLOW, is only a
+            # warning, so a packet is still queued (measured under Wine): the kernel still
+            # owns the OVERLAPPED, and the packet completes it as ERROR_MORE_DATA.
             self._inflight[_ov_key(native.ov)] = op
             return
         # Failed at once: the kernel queues no packet and holds nothing.
         self._fail(op, code)
 
     def _start_recv(self, op: Operation, n: _Native) -> bool:
-        self._set_wsabuf(op, n, op.buffer)
+        if op.buffer is None:  # given a size: a zero-byte receive, then _receive_ready
+            n.wsabuf = ffi.new("WSABUF *")  # len 0, buf NULL
+        else:
+            self._set_wsabuf(op, n, op.buffer)
         n.flags = ffi.new("DWORD *", 0)
         rc = _ws2.WSARecv(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags, n.ov, ffi.NULL)
         return bool(rc != _SOCKET_ERROR)
@@ -262,8 +279,13 @@ class IocpPort(PortBase):
         return bool(rc != _SOCKET_ERROR)
 
     def _start_recvfrom(self, op: Operation, n: _Native) -> bool:
-        self._set_wsabuf(op, n, op.buffer)
-        n.flags = ffi.new("DWORD *", 0)
+        if op.buffer is None:
+            # A zero-byte receive would discard a datagram (truncated to nothing): peek.
+            n.wsabuf = ffi.new("WSABUF *")
+            n.flags = ffi.new("DWORD *", _MSG_PEEK)
+        else:
+            self._set_wsabuf(op, n, op.buffer)
+            n.flags = ffi.new("DWORD *", 0)
         n.addr = ffi.new("SOCKADDR_STORAGE *")
         n.addrlen = ffi.new("INT *", ffi.sizeof("SOCKADDR_STORAGE"))
         rc = _ws2.WSARecvFrom(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags,
@@ -367,7 +389,22 @@ class IocpPort(PortBase):
                 return
         kind = op.kind
         try:
-            if kind in ("recv", "read"):
+            if op.buffer is None and kind == "recvfrom":
+                # The peek says a datagram is there: receive it with a buffer made now (it
+                # completes at once), so a longer datagram is truncated as it always was.
+                if op.cancel_error is not None:  # exact: the datagram is still queued
+                    self._finish(op, None, 0, op.cancel_error)
+                else:
+                    op.buffer = memoryview(bytearray(op.size))
+                    self._start(op)
+            elif op.buffer is None and kind == "recv":
+                # The zero-byte receive says data (or the end, or an error) is there.
+                if not self._receive_ready(op):
+                    if op.cancel_error is not None:
+                        self._finish(op, None, 0, op.cancel_error)
+                    else:
+                        self._start(op)  # nothing after all: wait again, still bufferless
+            elif kind in ("recv", "read"):
                 self._finish(op, op.recv_result(nbytes), nbytes)
             elif kind in ("send", "write"):
                 op.sent += nbytes

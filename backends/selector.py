@@ -28,6 +28,8 @@ Traps
   loses nothing; the bytes stay in the kernel for the next receive.
 - ``select``/``poll`` (unlike epoll and kqueue) do not see interest changed while a thread is
   inside them, so those changes wake the poller.
+- A receive given a size holds no buffer while it waits: the speculative call and the one made
+  on readiness are each a plain ``recv(size)``, whose bytes object exists only if data came.
 - A short send is not a completion: the rest waits for writability, and only then completes.
 - A connect in progress finishes on writability; its outcome is ``SO_ERROR``.
 """
@@ -122,7 +124,8 @@ class SelectorPort(PortBase):
         kind = op.kind
         buffer = op.buffer
         if kind == "recv":
-            assert buffer is not None
+            if buffer is None:  # given a size: allocated only now, data or not
+                return self._receive_ready(op)
             n = sock.recv_into(buffer)
             return self._finish(op, op.recv_result(n), n)
         if kind == "send":
@@ -135,7 +138,8 @@ class SelectorPort(PortBase):
             conn, address = sock.accept()
             return self._finish(op, (conn, address), 0)
         if kind == "recvfrom":
-            assert buffer is not None
+            if buffer is None:
+                return self._receive_ready(op)
             n, address = sock.recvfrom_into(buffer)
             return self._finish(op, (op.recv_result(n), address), n)
         if kind == "sendto":

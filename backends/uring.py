@@ -61,6 +61,12 @@ Traps, and what this module does about them
   (measured on Linux 6.18), having consumed nothing.  Such a cancel that nobody asked for is
   re-submitted from the reaping thread (bounded by ``_MAX_RESUBMITS``), so a worker thread may
   start an operation and end.
+- *Idle receives.*  A ``recv``/``recvfrom`` given a size holds no buffer while it waits: it is
+  an ``IORING_OP_POLL_ADD`` (POLLIN, one-shot), and when its CQE says the socket is readable
+  the reaper takes the bytes with one non-blocking ``recv(size)`` (``_receive_ready``), whose
+  bytes object is the result (no copy out of a portio buffer either).  A readiness with
+  nothing to read polls again; a cancel that meets it is then exact.  A receive into a
+  caller's buffer is still an ``IORING_OP_RECV``.
 - *Waking the poller.*  A post or close from another thread submits a NOP (user_data 1); its CQE
   ends the poller's ``io_uring_enter``.  One NOP at most is outstanding.
 - *Refusal.*  Kernels can refuse io_uring at run time: ``ENOSYS`` (too old, or compiled out),
@@ -90,6 +96,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import select
 import socket
 import struct
 import sys
@@ -100,7 +107,7 @@ from typing import Any
 
 from portio import _sockaddr
 from portio._port import HandleEntry, Operation, PortBase
-from portio.errors import BackendUnavailable, error_from_errno
+from portio.errors import BackendUnavailable, OperationCancelled, error_from_errno
 
 __all__ = ["UringPort", "ring_features"]
 
@@ -148,9 +155,12 @@ if sys.platform == "linux":
     _SEND_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_WAITALL)  # WAITALL: the kernel retries
     _SENDTO_FLAGS = int(socket.MSG_NOSIGNAL)                     # short sends itself
     _ACCEPT_FLAGS = int(socket.SOCK_CLOEXEC)
+    _POLLIN = int(select.POLLIN)
 else:  # never used: the backend refuses to run off Linux (this keeps mypy --platform happy)
-    _SEND_FLAGS = _SENDTO_FLAGS = _ACCEPT_FLAGS = 0
-_OP_RECV, _OP_SEND = (_lib.IORING_OP_RECV, _lib.IORING_OP_SEND) if _lib is not None else (0, 0)
+    _SEND_FLAGS = _SENDTO_FLAGS = _ACCEPT_FLAGS = _POLLIN = 0
+_OP_RECV, _OP_SEND, _OP_POLL_ADD = (
+    (_lib.IORING_OP_RECV, _lib.IORING_OP_SEND, _lib.IORING_OP_POLL_ADD) if _lib is not None
+    else (0, 0, 0))
 _QUEUE_ONLY, _SUBMIT, _DEFER = (
     (_lib.PIO_QUEUE_ONLY, _lib.PIO_SUBMIT, _lib.PIO_DEFER) if _lib is not None else (0, 1, 2))
 
@@ -160,7 +170,7 @@ _GRAVEYARD: list[object] = []
 _LIVE: dict[int, dict[int, Operation]] = {}
 
 _REQUIRED_OPS = ("NOP", "READ", "WRITE", "SEND", "RECV", "SENDMSG", "RECVMSG", "ACCEPT",
-                 "CONNECT", "ASYNC_CANCEL")
+                 "CONNECT", "ASYNC_CANCEL", "POLL_ADD")
 
 
 def _sysctl(name: str) -> str | None:
@@ -377,15 +387,17 @@ class UringPort(PortBase):
             self._next_uid = uid + 1
             self._inflight[uid] = op
             op.native = uid
-            if kind == "recv":
-                buf = ffi.from_buffer("char[]", op.buffer, True)  # True: must be writable
-                opcode, flags = _OP_RECV, 0
-            else:
+            if kind == "send":
                 buf = ffi.from_buffer(op.buffer)
-                opcode, flags = _OP_SEND, _SEND_FLAGS
+                opcode, size, flags = _OP_SEND, len(buf), _SEND_FLAGS
+            elif op.buffer is not None:
+                buf = ffi.from_buffer("char[]", op.buffer, True)  # True: must be writable
+                opcode, size, flags = _OP_RECV, len(buf), 0
+            else:  # given a size: wait for readability, with no buffer (see _receive_ready)
+                buf, opcode, size, flags = ffi.NULL, _OP_POLL_ADD, 0, _POLLIN
             eager = self._polling and self._poller_ident != threading.get_ident()
             if self._backlog or not _lib.pio_push_buf(self._ring, opcode, op.entry.fd, buf,
-                                                      len(buf), flags, uid,
+                                                      size, flags, uid,
                                                       _SUBMIT if eager else _DEFER):
                 self._push(self._sqe(op), eager)  # the SQ is full: into the backlog
             return
@@ -399,6 +411,8 @@ class UringPort(PortBase):
             msg = ffi.new("struct pio_msg *")
             ffi.memmove(msg.addr, raw, len(raw))
             op.pinned = (msg, len(raw))
+        elif kind == "recvfrom" and op.buffer is None:
+            pass  # a poll, like recv's: nothing for the kernel to write
         elif kind in {"recvfrom", "sendto"}:
             raw = b""
             if kind == "sendto":
@@ -421,6 +435,8 @@ class UringPort(PortBase):
         """The ``pio_push`` arguments for (what is left of) a started operation."""
         lib, ffi = _lib, _ffi
         kind, fd, uid, pinned = op.kind, op.entry.fd, op.native, op.pinned
+        if op.buffer is None and kind in {"recv", "recvfrom"}:
+            return (_OP_POLL_ADD, 0, fd, 0, 0, _POLLIN, 0, uid)
         if kind in {"recv", "send", "read", "write"}:
             assert op.buffer is not None
             base = int(ffi.cast("uintptr_t", ffi.from_buffer(op.buffer))) + op.sent
@@ -514,7 +530,10 @@ class UringPort(PortBase):
             if res > 0 and not resubmits:
                 if kind == "recv":
                     del inflight[uid]
-                    finish(op, op.recv_result(res) if op.want_bytes else res, res)
+                    if op.buffer is not None:
+                        finish(op, op.recv_result(res) if op.want_bytes else res, res)
+                    elif not self._receive_ready(op):  # readable (res: the poll mask)
+                        self._poll_again(uid, op)
                     continue
                 buffer = op.buffer
                 if kind == "send" and buffer is not None and op.sent + res == buffer.nbytes:
@@ -542,6 +561,11 @@ class UringPort(PortBase):
         """(lock held) Handle the CQE of operation ``uid``, ``op``."""
         kind = op.kind
         if res >= 0:
+            if op.buffer is None and kind in {"recv", "recvfrom"}:  # the socket is readable
+                self._forget_uid(uid)
+                if not self._receive_ready(op):
+                    self._poll_again(uid, op)
+                return
             if kind in {"recv", "read"}:  # the hot path first
                 del self._inflight[uid]
                 if self._resubmits:
@@ -610,6 +634,16 @@ class UringPort(PortBase):
             self._finish(op, (op.recv_result(res), address), res)
         else:  # sendto
             self._finish(op, res, res)
+
+    def _poll_again(self, uid: int, op: Operation) -> None:
+        """(lock held) A receive's socket was reported readable but had nothing (another
+        reader took it, or a spurious wake-up): wait for readability again, unless it is being
+        cancelled, which is then exact (nothing was received)."""
+        if op.cancel_error is not None or not self._ring_open:
+            self._finish(op, None, 0, op.cancel_error or OperationCancelled("the port closed"))
+            return
+        self._inflight[uid] = op
+        self._push(self._sqe(op), self._eager())
 
     def _wakeup(self) -> None:
         # (lock held: the shared code calls it only from under the port lock)

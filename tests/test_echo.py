@@ -621,15 +621,20 @@ def test_a_dying_worker_process_stops_the_rest_with_failure() -> None:
 
 def test_io_data_grows_only_for_a_client_whose_receive_filled_it() -> None:
     io = IoData()
-    assert len(io.buffer) == BUFFER_SIZE
+    assert (io.size, io.buffer) == (BUFFER_SIZE, None)  # receives given a size: no buffer
     io.grow_if_streaming()
-    assert len(io.buffer) == BUFFER_SIZE  # nothing filled it yet
+    assert (io.size, io.buffer) == (BUFFER_SIZE, None)  # nothing filled it yet
     io.filled = True
     io.grow_if_streaming()
+    assert io.size == STREAM_BUFFER_SIZE and io.buffer is not None
     assert len(io.buffer) == STREAM_BUFFER_SIZE
     grown = io.buffer
     io.grow_if_streaming()
-    assert io.buffer is grown  # never past the stream size, never reallocated
+    assert io.size == STREAM_BUFFER_SIZE  # never past the stream size
+    assert io.buffer is grown  # reused while it streams
+    io.filled = False
+    io.grow_if_streaming()
+    assert io.buffer is None  # the stream paused: back to receives that hold nothing
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -651,7 +656,7 @@ def test_a_streaming_client_gets_the_larger_buffer_a_chatty_one_does_not(
             for i in range(20):
                 assert echo_round_trip(chatty, b"%d" % i) == b"%d" % i
             with server._clients_lock:
-                sizes = {format_address(c.address): len(c.io.buffer)
+                sizes = {format_address(c.address): c.io.size
                          for c in server._clients.values()}
             assert sizes == {format_address(streamer.getsockname()): STREAM_BUFFER_SIZE,
                              format_address(chatty.getsockname()): BUFFER_SIZE}

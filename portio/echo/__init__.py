@@ -21,10 +21,13 @@ What both servers share (the per-handle and per-I/O data, the echo state machine
 :mod:`portio.echo.server`; ``--workers N`` (N server processes on one port) is
 :mod:`portio.echo.supervisor`; the command line is :mod:`portio.echo.cli`.
 
-Memory per client is bounded: each client owns one receive buffer, and the next recv is only
-started once the echo of the previous one has been sent.  A client that never reads therefore
-stalls only itself (the kernel's socket buffers fill and its send waits): backpressure instead
-of unbounded buffering.
+Memory per client is bounded: each client has one receive of ``size`` bytes in flight, and the
+next recv is only started once the echo of the previous one has been sent.  The receive is
+given a size, not a buffer, so an idle client holds no receive buffer at all: the bytes object
+exists only once data has arrived, and only until its echo is sent.  Only a client whose
+receives fill their size (it streams) gets a reused 256 KiB buffer, until one no longer does.
+A client that never reads stalls only itself (the kernel's socket buffers fill and its send
+waits): backpressure instead of unbounded buffering.
 """
 
 from portio.echo.cli import main

@@ -25,8 +25,8 @@ __all__ = ["BUFFER_SIZE", "SHUTDOWN_GRACE", "STOP_POLL_INTERVAL", "STREAM_BUFFER
 
 log = logging.getLogger("portio.echo")
 
-#: One receive buffer per client: big enough that a multi-MiB echo needs few round trips
-#: through the port, small enough that 10 000 clients cost well under 1 GiB.
+#: The size of a client's receives: big enough that a multi-MiB echo needs few round trips
+#: through the port; costs memory only while data flows (an idle receive holds no buffer).
 BUFFER_SIZE = 64 * 1024
 #: What the buffer grows to once a receive fills it (the client streams): every operation
 #: costs the same few microseconds of Python whatever its size, so a stream moves in 4x fewer
@@ -41,7 +41,7 @@ SHUTDOWN_GRACE = 5.0
 
 
 # ---------------------------------------------------------------------- per-handle / per-I/O data
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Client:
     """Per-handle data, the completion key of one client: its socket and its address."""
 
@@ -56,20 +56,28 @@ class Client:
         return f"<Client {format_address(self.address)}>"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class IoData:
-    """Per-I/O data carried by each operation: the buffer, and whether it is being read into or
-    written from.  A client has exactly one, so exactly one operation per client is in flight."""
+    """Per-I/O data carried by each operation: the receive size (and, while the client
+    streams, a buffer), and whether a receive or the echo's send is in flight.  A client has
+    exactly one, so exactly one operation per client is in flight."""
 
-    buffer: bytearray = field(default_factory=lambda: bytearray(BUFFER_SIZE))
+    size: int = BUFFER_SIZE
+    #: Only while the client streams: a reused buffer, since a fresh 256 KiB bytes object per
+    #: receive costs an mmap; None otherwise, so a receive given ``size`` holds no memory.
+    buffer: bytearray | None = None
     mode: Literal["read", "write"] = "read"
-    #: The last receive filled the whole buffer: the client is streaming.
+    #: The last receive filled its whole size: the client is streaming.
     filled: bool = False
 
     def grow_if_streaming(self) -> None:
-        """Give a streaming client the larger buffer.  Only between a send's completion and
-        the next receive, when no operation uses the buffer."""
-        if self.filled and len(self.buffer) < STREAM_BUFFER_SIZE:
+        """Give a streaming client the larger receive size and a buffer, and take the buffer
+        back once a receive no longer fills it (between a send's completion and the next
+        receive, when no operation uses the buffer)."""
+        if not self.filled:
+            self.buffer = None
+        elif self.buffer is None:
+            self.size = STREAM_BUFFER_SIZE
             self.buffer = bytearray(STREAM_BUFFER_SIZE)
 
 
@@ -195,8 +203,10 @@ class EchoServer:
 
     def _start_recv(self, client: Client, callback: Callable[[Completion], object] | None
                     ) -> None:
-        client.io.mode = "read"
-        self.port.recv(client.sock, client.io.buffer, data=client.io, callback=callback)
+        io = client.io
+        io.mode = "read"
+        self.port.recv(client.sock, io.size if io.buffer is None else io.buffer, data=io,
+                       callback=callback)
 
     def on_completion(self, completion: Completion,
                       callback: Callable[[Completion], object] | None) -> None:
@@ -214,11 +224,12 @@ class EchoServer:
                 if completion.nbytes == 0:
                     self.close_client(client, "closed by peer")
                     return
-                # The echo carries the same per-I/O data, now in write mode; the buffer is not
-                # touched again until this send completes, so no copy is needed.
+                # The echo carries the same per-I/O data, now in write mode, and sends the
+                # received bytes (or the buffer, untouched until this send completes): no copy.
                 io.mode = "write"
-                io.filled = completion.nbytes == len(io.buffer)
-                self.port.send(client.sock, memoryview(io.buffer)[:completion.nbytes], data=io,
+                io.filled = completion.nbytes == io.size
+                self.port.send(client.sock, completion.result if io.buffer is None
+                               else memoryview(io.buffer)[:completion.nbytes], data=io,
                                callback=callback)
             else:
                 io.grow_if_streaming()
