@@ -12,7 +12,7 @@ import unittest
 
 from hypothesis import note
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import portio
 
@@ -67,9 +67,14 @@ class StreamMachine(RuleBasedStateMachine):
         else:
             self.pending.append(self.port.recv(self.ours, size, timeout=timeout))
 
-    @precondition(lambda self: self.pending)
+    # No precondition on what is pending: which operations are still pending depends on the
+    # OS's timing (a collect with wait 0 reaps what the kernel finished), and Hypothesis needs
+    # the choice of rules to be reproducible.
     @rule(which=st.integers(0, 1000))
     def cancel(self, which: int) -> None:
+        if not self.pending:
+            note("cancel: nothing pending")
+            return
         op = self.pending[which % len(self.pending)]
         note(f"cancel {op!r}: {op.cancel()}")
 
