@@ -617,7 +617,7 @@ def _sigint_handler(signum: int, frame: Any) -> None:
 
 def _deliver_interrupt() -> None:
     global _interrupt_pending, _interrupt_retrip
-    if hasattr(signal, "pthread_sigmask"):  # the kernel should give Ctrl-C to the main thread
+    if sys.platform != "win32":  # the kernel should give Ctrl-C to the main thread
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     while _interrupt_pending:
         if signal.getsignal(signal.SIGINT) is not _sigint_handler:
