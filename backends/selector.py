@@ -16,7 +16,8 @@ Completions are queued FIFO with the per-handle key, whatever thread produced th
 at a time waits in ``select`` (the shared leader/followers code in ``portio._port``), the rest
 wait on their own condition; a socketpair is the wakeup channel that interrupts ``select`` for a
 post, a close, or a deadline earlier than the one it sleeps to.  Regular files are always
-"ready", so reads and writes at offsets are done at once with ``os.pread``/``os.pwrite``.
+"ready", so reads and writes at offsets are done at once with ``os.pread``/``os.pwrite`` (on
+Windows, where a portio File is an overlapped HANDLE, with ReadFile/WriteFile at the offset).
 
 Traps
 -----
@@ -54,6 +55,8 @@ _LIVE_SELECTORS = tuple(
     if hasattr(selectors, name))
 _CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EAGAIN}
 if sys.platform == "win32":
+    from portio.backends import _winfile
+
     _CONNECT_IN_PROGRESS.add(10035)  # WSAEWOULDBLOCK
 
 
@@ -248,17 +251,12 @@ class SelectorPort(PortBase):
 
 
 def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
-    if sys.platform != "win32":
-        return os.preadv(fd, [buffer], offset)
-    # Windows has no pread: seek+read under the port lock, which serialises this port's use.
-    os.lseek(fd, offset, os.SEEK_SET)
-    data = os.read(fd, len(buffer))
-    buffer[: len(data)] = data
-    return len(data)
+    if sys.platform == "win32":  # a File is an overlapped HANDLE there, not a C descriptor
+        return _winfile.read_at(fd, buffer, offset)
+    return os.preadv(fd, [buffer], offset)
 
 
 def _pwrite(fd: int, data: memoryview, offset: int) -> int:
-    if sys.platform != "win32":
-        return os.pwrite(fd, data, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.write(fd, data)
+    if sys.platform == "win32":
+        return _winfile.write_at(fd, data, offset)
+    return os.pwrite(fd, data, offset)
