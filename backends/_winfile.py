@@ -19,7 +19,7 @@ if sys.platform != "win32":  # also tells mypy --platform linux/darwin to skip t
 
 from . import _winapi as w
 
-__all__ = ["close", "open_overlapped", "read_at", "write_at"]
+__all__ = ["check_open", "close", "open_overlapped", "read_at", "write_at"]
 
 _kernel32 = w.load().kernel32
 
@@ -58,6 +58,14 @@ def open_overlapped(path: str, flags: int) -> int:
         code = w.last_error()
         raise OSError(None, w.error_message(code), os.fspath(path), code)
     return value
+
+
+def check_open(handle: int) -> None:
+    """Raise ``ValueError`` unless ``handle`` is an open HANDLE (``os.fstat`` cannot tell: it
+    knows C runtime descriptors only)."""
+    if (_kernel32.GetFileType(w.ffi.cast("HANDLE", handle)) == w.FileType.FILE_TYPE_UNKNOWN
+            and w.last_error() != w.Error.ERROR_SUCCESS):
+        raise ValueError(f"handle {handle} is not an open socket, file or pipe handle")
 
 
 def close(handle: int) -> None:

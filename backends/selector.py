@@ -87,6 +87,8 @@ class SelectorPort(PortBase):
     def _attach(self, entry: HandleEntry) -> None:
         if entry.sock is not None:
             entry.sock.setblocking(False)
+        elif sys.platform == "win32" and not getattr(entry.obj, "portio_file", False):
+            _winfile.check_open(entry.fd)  # the shared code cannot vet a HANDLE
 
     def _detach(self, entry: HandleEntry) -> None:
         if self._interest.pop(entry.fd, 0):
