@@ -117,6 +117,7 @@ for backend in ${PORTIO_WINE_BACKENDS:-iocp selector}; do
     if [ $status -ne 0 ] && [ -f "$junit" ]; then
         rerun=$(wine_spawn_faults_only "$junit") || rerun=""  # unreadable: the verdict says why
         if [ -n "$rerun" ]; then
+            verdict "$backend, the run before the re-run" "$junit" || true  # its counts, for the log
             mapfile -t rerun_ids <<< "$rerun"
             say "only Wine's CreateProcess failed (WinError 1359); running those tests again:"
             printf '    %s\n' "${rerun_ids[@]}" >&2
