@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import socket
 import sys
@@ -54,6 +55,7 @@ _LIVE_SELECTORS = tuple(
     getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector", "DevpollSelector")
     if hasattr(selectors, name))
 _CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EAGAIN}
+_WSAENOTSOCK = 10038
 if sys.platform == "win32":
     from portio.backends import _winfile
 
@@ -206,8 +208,14 @@ class SelectorPort(PortBase):
     def _poll(self, timeout: float | None) -> None:
         try:
             events = self._selector.select(timeout)
-        except OSError:
+        except OSError as exc:
             if self._closed:
+                return
+            if getattr(exc, "winerror", None) == _WSAENOTSOCK:
+                # Windows' select() fails as a whole if a socket in its sets was closed while
+                # it waited: by close_handle in another thread (already unregistered, so the
+                # next select is clean) or behind the port's back (stop watching that one).
+                self._unwatch_dead_sockets()
                 return
             raise
         with self._lock:
@@ -224,6 +232,15 @@ class SelectorPort(PortBase):
                 if mask & _WRITE and entry.outbound:
                     self._attempt(entry.outbound[0])
                 self._update_interest(entry, keep_read=not idle_read)
+
+    def _unwatch_dead_sockets(self) -> None:
+        with self._lock:
+            for fd in list(self._interest):
+                try:
+                    select.select([fd], [], [], 0)
+                except OSError:  # closed: its operations wait for close_handle
+                    del self._interest[fd]
+                    self._selector.unregister(fd)
 
     def _drain_wakeups(self) -> None:
         self._wake_pending = False
