@@ -4,6 +4,11 @@
 # The io_uring core is Linux-only, so it is added only on Linux, and its build
 # is optional: if it fails (no compiler, no kernel headers), installing still
 # succeeds and the io_uring backend reports why it is unavailable.
+#
+# Editable installs default to setuptools' "strict" mode: a tree of links to the checkout, laid
+# out as installed (backends/ at portio/backends/), on a plain .pth path.  The default
+# "lenient" mode would resolve portio.backends with an import hook, which type checkers cannot
+# follow, so mypy would find no portio at all.  The cost: a new module needs a re-install.
 from __future__ import annotations
 
 import sys
@@ -43,4 +48,5 @@ if sys.platform.startswith("linux"):
 setup(
     cffi_modules=cffi_modules,
     cmdclass={"build_ext": OptionalBuildExt},
+    options={"editable_wheel": {"mode": "strict"}},
 )

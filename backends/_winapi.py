@@ -137,6 +137,8 @@ BOOL WriteFile(HANDLE hFile, const void *lpBuffer, DWORD nNumberOfBytesToWrite,
 BOOL GetOverlappedResult(HANDLE hFile, LPOVERLAPPED lpOverlapped,
                          LPDWORD lpNumberOfBytesTransferred, BOOL bWait);
 BOOL CloseHandle(HANDLE hObject);
+HANDLE CreateEventW(void *lpEventAttributes, BOOL bManualReset, BOOL bInitialState,
+                    LPCWSTR lpName);
 DWORD GetFileType(HANDLE hFile);
 DWORD GetLastError(void);
 
@@ -210,6 +212,8 @@ class Kernel32(Protocol):
     def GetOverlappedResult(self, hFile: Any, lpOverlapped: Any,
                             lpNumberOfBytesTransferred: Any, bWait: int) -> int: ...
     def CloseHandle(self, hObject: Any) -> int: ...
+    def CreateEventW(self, lpEventAttributes: Any, bManualReset: int, bInitialState: int,
+                     lpName: Any) -> Any: ...
     def GetFileType(self, hFile: Any) -> int: ...
     def GetLastError(self) -> int: ...
 

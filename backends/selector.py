@@ -16,7 +16,8 @@ Completions are queued FIFO with the per-handle key, whatever thread produced th
 at a time waits in ``select`` (the shared leader/followers code in ``portio._port``), the rest
 wait on their own condition; a socketpair is the wakeup channel that interrupts ``select`` for a
 post, a close, or a deadline earlier than the one it sleeps to.  Regular files are always
-"ready", so reads and writes at offsets are done at once with ``os.pread``/``os.pwrite``.
+"ready", so reads and writes at offsets are done at once with ``os.pread``/``os.pwrite`` (on
+Windows, where a portio File is an overlapped HANDLE, with ReadFile/WriteFile at the offset).
 
 Traps
 -----
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import socket
 import sys
@@ -55,7 +57,10 @@ _LIVE_SELECTORS = tuple(
     getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector", "DevpollSelector")
     if hasattr(selectors, name))
 _CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EAGAIN}
+_WSAENOTSOCK = 10038
 if sys.platform == "win32":
+    from portio.backends import _winfile
+
     _CONNECT_IN_PROGRESS.add(10035)  # WSAEWOULDBLOCK
 
 
@@ -87,6 +92,8 @@ class SelectorPort(PortBase):
     def _attach(self, entry: HandleEntry) -> None:
         if entry.sock is not None:
             entry.sock.setblocking(False)
+        elif sys.platform == "win32" and not getattr(entry.obj, "portio_file", False):
+            _winfile.check_open(entry.fd)  # the shared code cannot vet a HANDLE
 
     def _detach(self, entry: HandleEntry) -> None:
         if self._interest.pop(entry.fd, 0):
@@ -206,8 +213,14 @@ class SelectorPort(PortBase):
     def _poll(self, timeout: float | None) -> None:
         try:
             events = self._selector.select(timeout)
-        except OSError:
+        except OSError as exc:
             if self._closed:
+                return
+            if getattr(exc, "winerror", None) == _WSAENOTSOCK:
+                # Windows' select() fails as a whole if a socket in its sets was closed while
+                # it waited: by close_handle in another thread (already unregistered, so the
+                # next select is clean) or behind the port's back (stop watching that one).
+                self._unwatch_dead_sockets()
                 return
             raise
         with self._lock:
@@ -224,6 +237,15 @@ class SelectorPort(PortBase):
                 if mask & _WRITE and entry.outbound:
                     self._attempt(entry.outbound[0])
                 self._update_interest(entry, keep_read=not idle_read)
+
+    def _unwatch_dead_sockets(self) -> None:
+        with self._lock:
+            for fd in list(self._interest):
+                try:
+                    select.select([fd], [], [], 0)
+                except OSError:  # closed: its operations wait for close_handle
+                    del self._interest[fd]
+                    self._selector.unregister(fd)
 
     def _drain_wakeups(self) -> None:
         self._wake_pending = False
@@ -253,17 +275,12 @@ class SelectorPort(PortBase):
 
 
 def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
-    if sys.platform != "win32":
-        return os.preadv(fd, [buffer], offset)
-    # Windows has no pread: seek+read under the port lock, which serialises this port's use.
-    os.lseek(fd, offset, os.SEEK_SET)
-    data = os.read(fd, len(buffer))
-    buffer[: len(data)] = data
-    return len(data)
+    if sys.platform == "win32":  # a File is an overlapped HANDLE there, not a C descriptor
+        return _winfile.read_at(fd, buffer, offset)
+    return os.preadv(fd, [buffer], offset)
 
 
 def _pwrite(fd: int, data: memoryview, offset: int) -> int:
-    if sys.platform != "win32":
-        return os.pwrite(fd, data, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.write(fd, data)
+    if sys.platform == "win32":
+        return _winfile.write_at(fd, data, offset)
+    return os.pwrite(fd, data, offset)

@@ -12,6 +12,7 @@ Backends, best first where they can run: ``iocp`` (Windows), ``io_uring`` (Linux
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import threading
@@ -19,6 +20,35 @@ import threading
 from portio._files import File, open_file
 from portio._port import MAX_IO_SIZE, Completion, CompletionPort, Operation, PortBase
 from portio.errors import BackendUnavailable, OperationCancelled, PortClosed
+
+
+def _join_editable_install() -> bool:
+    """True once ``__path__`` also holds an editable install of this very source tree.
+
+    backends/ becomes portio.backends only when portio is installed (a setuptools package-dir
+    mapping), so the source tree's portio/ alone is half a package.  It is imported anyway
+    when Python runs in a checkout (the current directory comes first on ``sys.path``).  If
+    the checkout is installed editable, the install (a tree of links to these same files)
+    holds portio/backends/, and adding it to ``__path__`` makes the package whole again.
+    """
+    here = os.path.dirname(os.path.realpath(__file__))
+    for entry in sys.path:
+        candidate = os.path.join(entry or os.curdir, "portio")
+        init = os.path.join(candidate, "__init__.py")
+        if os.path.realpath(candidate) == here or not os.path.isfile(init):
+            continue
+        if os.path.dirname(os.path.realpath(init)) == here:
+            __path__.append(candidate)
+            return True
+    return False
+
+
+if importlib.util.find_spec("portio.backends") is None and not _join_editable_install():
+    raise ImportError(
+        f"portio was imported from the source tree {os.path.dirname(__file__)}, which has no "
+        "portio.backends (backends/ is mapped in only by installing). Install this checkout "
+        "(pip install -e .), or run Python outside the checkout to import an installed portio."
+    )
 
 __all__ = [
     "MAX_IO_SIZE",

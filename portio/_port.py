@@ -290,6 +290,15 @@ class CompletionPort(abc.ABC):
 
     Obtain one with :func:`portio.open_port`.  Every method is safe to call from any number of
     threads at once.
+
+    Every operation method returns an :class:`Operation` at once and takes three keyword-only
+    arguments: ``data`` (the per-I/O data, given back as ``Completion.data``), ``timeout``
+    (seconds; on expiry the operation completes with ``TimeoutError``) and ``callback``.  A
+    ``callback`` is a completion routine: it is called with one argument, the operation's
+    :class:`Completion`, by :meth:`dispatch` in the thread that calls it, and the operation
+    never comes out of :meth:`get`/:meth:`get_many`; its return value is ignored.  The payload
+    of :meth:`send`, :meth:`sendto` and :meth:`write` is positional only, so ``data=`` always
+    means the per-I/O data.
     """
 
     backend: ClassVar[str]
@@ -308,7 +317,9 @@ class CompletionPort(abc.ABC):
     def register(self, handle: Handle, key: Any = None) -> None:
         """Associate ``handle`` (a socket, an object with ``fileno()``, or an int fd/HANDLE,
         e.g. a :func:`portio.open_file` file) with the port; ``key`` comes back as
-        ``Completion.key`` on each of its completions.  Makes a socket non-blocking.
+        ``Completion.key`` on each of its completions.  A socket is left non-blocking (the
+        port needs it so; it stays non-blocking for its lifetime, so blocking calls of your
+        own on it raise ``BlockingIOError`` where they would have waited).
 
         Raises ``TypeError`` for something that is not a handle, ``ValueError`` if it is closed
         or already registered, :class:`~portio.PortClosed` if the port is closed.
@@ -323,7 +334,9 @@ class CompletionPort(abc.ABC):
     @abc.abstractmethod
     def connect(self, sock: Handle, address: Any, *, data: Any = None,
                 timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        """Connect ``sock`` to ``address``; result ``None``."""
+        """Connect ``sock`` to ``address``; result ``None``.  A host name in ``address`` is
+        resolved at once, in the calling thread: one that does not resolve raises
+        :class:`socket.gaierror` from this call (no operation is started)."""
 
     @abc.abstractmethod
     def recv(self, sock: Handle, size_or_buffer: int | Any, *, data: Any = None,
@@ -333,10 +346,11 @@ class CompletionPort(abc.ABC):
         buffer is held while nothing has arrived: an idle receive costs no ``size`` bytes."""
 
     @abc.abstractmethod
-    def send(self, sock: Handle, data_: Any, *, data: Any = None, timeout: float | None = None,
-             callback: Callback | None = None) -> Operation:
-        """Send every byte of the bytes-like ``data_``; completes when all are sent (short sends
-        are retried inside portio); result and ``nbytes``: the number sent."""
+    def send(self, sock: Handle, payload: Any, /, *, data: Any = None,
+             timeout: float | None = None, callback: Callback | None = None) -> Operation:
+        """Send every byte of the bytes-like ``payload`` (positional only: ``data=`` is the
+        per-I/O data); completes when all are sent (short sends are retried inside portio);
+        result and ``nbytes``: the number sent."""
 
     @abc.abstractmethod
     def recvfrom(self, sock: Handle, size_or_buffer: int | Any, *, data: Any = None,
@@ -345,9 +359,12 @@ class CompletionPort(abc.ABC):
         buffer is held while nothing has arrived (as for :meth:`recv`)."""
 
     @abc.abstractmethod
-    def sendto(self, sock: Handle, data_: Any, address: Any, *, data: Any = None,
+    def sendto(self, sock: Handle, payload: Any, /, address: Any, *, data: Any = None,
                timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        """Send one datagram to ``address``; result: the number of bytes sent."""
+        """Send ``payload`` (positional only) as one datagram to ``address``; result: the number
+        of bytes sent.  A host name in ``address`` is resolved at once, in the calling thread:
+        one that does not resolve raises :class:`socket.gaierror` from this call (no operation
+        is started)."""
 
     @abc.abstractmethod
     def read(self, file: Handle, size_or_buffer: int | Any, offset: int, *, data: Any = None,
@@ -355,9 +372,10 @@ class CompletionPort(abc.ABC):
         """Read at ``offset``; result ``bytes`` or a count (``b""``/0 past end of file)."""
 
     @abc.abstractmethod
-    def write(self, file: Handle, data_: Any, offset: int, *, data: Any = None,
+    def write(self, file: Handle, payload: Any, /, offset: int, *, data: Any = None,
               timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        """Write all of ``data_`` at ``offset``; result: the number of bytes written."""
+        """Write all of ``payload`` (positional only) at ``offset``; result: the number of
+        bytes written."""
 
     @abc.abstractmethod
     def post(self, key: Any = None, *, nbytes: int = 0, data: Any = None) -> None:
@@ -893,10 +911,10 @@ class PortBase(CompletionPort):
         buffer, want_bytes, size = _receive_args(size_or_buffer, "recv")
         return self._submit("recv", sock, data, timeout, callback, buffer, want_bytes, size=size)
 
-    def send(self, sock: Handle, data_: Any, *, data: Any = None, timeout: float | None = None,
-             callback: Callback | None = None) -> Operation:
+    def send(self, sock: Handle, payload: Any, /, *, data: Any = None,
+             timeout: float | None = None, callback: Callback | None = None) -> Operation:
         return self._submit("send", sock, data, timeout, callback,
-                            _readable_buffer(data_, "send"))
+                            _readable_buffer(payload, "send"))
 
     def recvfrom(self, sock: Handle, size_or_buffer: int | Any, *, data: Any = None,
                  timeout: float | None = None, callback: Callback | None = None) -> Operation:
@@ -904,9 +922,9 @@ class PortBase(CompletionPort):
         return self._submit("recvfrom", sock, data, timeout, callback, buffer, want_bytes,
                             size=size)
 
-    def sendto(self, sock: Handle, data_: Any, address: Any, *, data: Any = None,
+    def sendto(self, sock: Handle, payload: Any, /, address: Any, *, data: Any = None,
                timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        buffer = _readable_buffer(data_, "sendto")
+        buffer = _readable_buffer(payload, "sendto")
         return self._submit("sendto", sock, data, timeout, callback, buffer,
                             address=self._address_for(sock, address, "sendto"))
 
@@ -928,10 +946,11 @@ class PortBase(CompletionPort):
         return self._submit("read", file, data, timeout, callback, buffer, want_bytes,
                             offset=_check_offset(offset, "read"))
 
-    def write(self, file: Handle, data_: Any, offset: int, *, data: Any = None,
+    def write(self, file: Handle, payload: Any, /, offset: int, *, data: Any = None,
               timeout: float | None = None, callback: Callback | None = None) -> Operation:
         return self._submit("write", file, data, timeout, callback,
-                            _readable_buffer(data_, "write"), offset=_check_offset(offset, "write"))
+                            _readable_buffer(payload, "write"),
+                            offset=_check_offset(offset, "write"))
 
     def _submit(self, kind: OperationKind, handle: Handle, data: Any, timeout: float | None,
                 callback: Callback | None, buffer: memoryview | None, want_bytes: bool = False,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tools/wine-tests.sh [PYTEST ARGS...]
 #
-# Runs portio's test suite under a genuine Windows CPython 3.13 (Wine) with PORTIO_BACKEND=iocp,
-# so the iocp backend is exercised for real on Linux.  Default argument: tests
-# (contract, property and Windows-only tests).  Exits with pytest's status; always stops the wineserver at the end.
+# Runs portio's test suite under a genuine Windows CPython 3.13 (Wine) once per Windows backend,
+# PORTIO_BACKEND=iocp and then PORTIO_BACKEND=selector (PORTIO_WINE_BACKENDS="iocp" picks), so
+# both are exercised for real on Linux.  Default argument: tests (the whole suite).  Exits
+# non-zero if any backend's run failed; always stops the wineserver at the end.
 #
 # How portio gets onto the Windows path: the checkout cannot simply be put on PYTHONPATH,
 # because setuptools maps the import name portio.backends to the folder backends/ only when it
@@ -47,28 +48,29 @@ ln -s "${PORTIO_TESTS_DIR:-$ROOT/tests}" "$TARGET/run/tests"
 ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
 
 [ $# -gt 0 ] || set -- tests
-say "pytest $* (PORTIO_BACKEND=iocp, Windows CPython under Wine)"
 cd "$TARGET/run"
-junit="$TARGET/junit.xml"
-run_pytest() {  # sets $status; the junit report is written afresh
+
+run_pytest() {  # run_pytest BACKEND JUNIT PYTEST-ARGS...: sets $status; JUNIT is written afresh
+    local backend=$1 junit=$2
+    shift 2
     rm -f "$junit"
     set +e
-    PORTIO_BACKEND=iocp \
+    PORTIO_BACKEND=$backend \
     PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
     WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
         timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs \
         --junitxml="$(winpath "$junit")" "$@"
     status=$?
     set -e
-    say "pytest exit status $status"
+    say "pytest exit status $status (PORTIO_BACKEND=$backend)"
 }
-run_pytest "$@"
+
 # Wine's CreateProcess now and then fails with ERROR_INTERNAL_ERROR (WinError 1359) under load:
 # a Wine fault, not portio's (seen once in ~6 runs, in a test that only spawns a client).  If
-# that is the only reason any test failed, run exactly those tests once more, say so, and let
-# that run decide.  Any other failure is reported as it is.
-if [ $status -ne 0 ] && [ -f "$junit" ]; then
-    rerun=$(python3 - "$junit" "$TARGET/run/tests" <<'PY'
+# that is the only reason any test failed, the failed tests' ids are printed so that exactly
+# those run once more, and that run decides.  Any other failure is reported as it is.
+wine_spawn_faults_only() {  # wine_spawn_faults_only JUNIT
+    python3 - "$1" "$TARGET/run/tests" <<'PY'
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -87,18 +89,12 @@ for case in failed:  # classname "tests.test_echo" (or "...test_x.TestClass"), n
             print("::".join(["/".join(parts[:cut]) + ".py", *parts[cut:], case.get("name", "")]))
             break
 PY
-) || rerun=""  # an unreadable report: no re-run, the verdict below says why
-    if [ -n "$rerun" ]; then
-        mapfile -t rerun_ids <<< "$rerun"
-        say "only Wine's CreateProcess failed (WinError 1359); running those tests again:"
-        printf '    %s\n' "${rerun_ids[@]}" >&2
-        run_pytest "${rerun_ids[@]}"
-    fi
-fi
+}
+
 # A Wine process killed under us (a wineserver stopped by another run, say) can exit 0 without
 # a verdict: trust only a report that pytest finished writing, with tests and no failures.
-if [ $status -eq 0 ]; then
-    python3 - "$junit" <<'PY' || status=1
+verdict() {  # verdict BACKEND JUNIT
+    python3 - "$2" "$1" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
 try:
@@ -106,9 +102,31 @@ try:
 except (OSError, ET.ParseError) as exc:
     sys.exit(f"[wine-tests] no complete test report ({exc}): the Windows interpreter died")
 suites = [root] if root.tag == "testsuite" else list(root)
-counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors")}
-print(f"[wine-tests] report: {counts}", file=sys.stderr)
+counts = {k: sum(int(s.get(k, 0)) for s in suites)
+          for k in ("tests", "failures", "errors", "skipped")}
+print(f"[wine-tests] report for PORTIO_BACKEND={sys.argv[2]}: {counts}", file=sys.stderr)
 sys.exit(counts["tests"] == 0 or counts["failures"] > 0 or counts["errors"] > 0)
 PY
-fi
-exit $status
+}
+
+overall=0
+for backend in ${PORTIO_WINE_BACKENDS:-iocp selector}; do
+    junit="$TARGET/junit-$backend.xml"
+    say "pytest $* (PORTIO_BACKEND=$backend, Windows CPython under Wine)"
+    run_pytest "$backend" "$junit" "$@"
+    if [ $status -ne 0 ] && [ -f "$junit" ]; then
+        rerun=$(wine_spawn_faults_only "$junit") || rerun=""  # unreadable: the verdict says why
+        if [ -n "$rerun" ]; then
+            verdict "$backend, the run before the re-run" "$junit" || true  # its counts, for the log
+            mapfile -t rerun_ids <<< "$rerun"
+            say "only Wine's CreateProcess failed (WinError 1359); running those tests again:"
+            printf '    %s\n' "${rerun_ids[@]}" >&2
+            run_pytest "$backend" "$junit" "${rerun_ids[@]}"
+        fi
+    fi
+    if [ $status -eq 0 ]; then
+        verdict "$backend" "$junit" || status=1
+    fi
+    [ $status -eq 0 ] || overall=1
+done
+exit $overall

@@ -6,7 +6,6 @@ once, and at the end the rest of the stream is still there to read.
 
 from __future__ import annotations
 
-import os
 import socket
 import unittest
 
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import portio
+from tests.conftest import backends_under_test
 
 from .loopback import WAIT, tcp_pair
 
@@ -120,14 +120,15 @@ class StreamMachine(RuleBasedStateMachine):
             self.peer.close()
 
 
-def _backends() -> list[str]:
-    chosen = os.environ.get("PORTIO_BACKEND")
-    return [chosen] if chosen else portio.available_backends()
+def _cases() -> dict[str, type[unittest.TestCase]]:
+    """One TestCase per backend under test, named after it."""
+    cases: dict[str, type[unittest.TestCase]] = {}
+    for name in backends_under_test():
+        machine: type[StreamMachine] = type(
+            f"StreamMachine_{name}", (StreamMachine,), {"backend": name})
+        cases[f"TestStream_{name}"] = machine.TestCase
+    return cases
 
 
-for _name in _backends():
-    _machine: type[StreamMachine] = type(f"StreamMachine_{_name}", (StreamMachine,),
-                                         {"backend": _name})
-    _case: type[unittest.TestCase] = _machine.TestCase
-    globals()[f"TestStream_{_name}"] = _case
-del _name, _machine, _case  # else pytest collects the last TestCase twice
+# module globals, so pytest collects each once (a loop variable left behind would repeat one)
+globals().update(_cases())
