@@ -74,8 +74,11 @@ MAX_POST_NBYTES = 0xFFFFFFFF
 #: nanoseconds in 64 bits, so any timeout, 1e300 s included, must be cut into waits.
 _MAX_OS_WAIT = 3600.0
 #: How long completions the OS has finished may wait while the queue is never empty (posts
-#: keep it busy): a thread that takes from the queue reaps the OS first once this has passed.
-_REAP_INTERVAL = 0.002
+#: keep it busy): a thread that takes from the queue reaps the OS once this has passed.  Well
+#: above the interpreter's GIL switch interval (5 ms): a thread that let go of the GIL for a
+#: system call more often than that would starve every other thread (CPython only forces a
+#: switch after a whole interval without one).
+_REAP_INTERVAL = 0.02
 #: ``bytes`` of a ``sun_path`` (``struct sockaddr_un``): 104 on the BSDs and macOS, 108 else.
 _SUN_PATH_MAX = 104 if sys.platform == "darwin" or "bsd" in sys.platform else 108
 #: Dead deadline entries (operations that completed first) tolerated before the heap is
