@@ -36,7 +36,7 @@ SERVERS = ("asyncio", "selectors", "c-epoll")
 def document() -> dict[str, object]:
     settings = cli.Settings(reps=2, warmup=0.05, duration=0.1, micro_seconds=0.05,
                             configs=("1x64B", "10x64KiB"), servers=SERVERS,
-                            mode="test")
+                            idle_connections=100, mode="test")
     return cli.run_benchmark(settings)
 
 
@@ -255,3 +255,22 @@ def test_c_epoll_stops_on_sigterm_and_sigint(signum: signal.Signals) -> None:
         assert server.process.wait(5) == -signum
     finally:
         server.stop()
+
+
+def test_the_idle_row_measures_every_backend_and_the_peers(document: dict[str, object]) -> None:
+    rows = document["idle"]
+    assert isinstance(rows, list)
+    backends = document["backends"]
+    assert isinstance(backends, list)
+    names = [row["server"] for row in rows]
+    assert names[:len(backends)] == [f"{b}/port" for b in backends]
+    assert "asyncio" in names
+    for row in rows:
+        assert "error" not in row, row
+        assert row["connections"] == 100
+        assert row["bytes_verified"] == 100 * 64  # one verified round trip per connection
+        assert row["kib_per_connection"] == pytest.approx(
+            (row["rss_idle_mib"] - row["rss_before_mib"]) * 1024 / 100, abs=1.1)
+    text = cli.render(document)
+    assert "Idle connections:" in text and "KiB per idle connection" in text
+    assert "| asyncio | 100 |" in cli.render(document, markdown=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import portio
-from portio.bench import micro, report, suite
-from portio.bench.servers import allowed_cpus, available_servers
+from portio.bench import idle, micro, report, suite
+from portio.bench.servers import allowed_cpus, available_servers, why_unavailable
 
 __all__ = ["Settings", "main", "run_benchmark"]
 
@@ -37,12 +37,16 @@ class Settings:
     pin: bool = True
     echo: bool = True
     micro: bool = True
+    #: The idle row: KiB of server memory per idle connection (Linux: RSS from /proc).
+    idle: bool = True
+    idle_connections: int = 5000
     mode: str = "full"
 
 
 def quick_settings() -> Settings:
     """``--quick``: 3 repetitions of short windows, under two minutes on a 2-core machine."""
-    return Settings(reps=3, warmup=0.15, duration=0.3, micro_seconds=0.3, mode="quick")
+    return Settings(reps=3, warmup=0.15, duration=0.3, micro_seconds=0.3,
+                    idle_connections=1000, mode="quick")
 
 
 class ProgressLine:
@@ -118,6 +122,15 @@ def run_benchmark(settings: Settings, progress: ProgressLine | None = None) -> d
         document["targets"] = [] if withheld else suite.targets(results, specs)
         document["verdicts_withheld"] = withheld
         document["bytes_verified"] = sum(m.bytes_verified for m in results)
+    if settings.idle:
+        if sys.platform.startswith("linux"):
+            peers_here = [kind for kind in ("asyncio", "uvloop") if why_unavailable(kind) is None]
+            document["idle"] = idle.run_idle(
+                idle.idle_servers(backends, peers_here), settings.idle_connections,
+                progress.note if progress else None)
+        else:
+            notes.append(f"idle connections not measured: server RSS comes from /proc "
+                         f"(Linux), this is {sys.platform}")
     if settings.micro:
         document["micro"] = micro.run_micro(backends, settings.micro_seconds,
                                             progress=progress.note if progress else None)
@@ -144,6 +157,9 @@ def render(document: dict[str, Any], markdown: bool = False) -> str:
                      + (f"{'- ' if markdown else '  '}No verdicts: {withheld}.\n" if withheld
                         else report.targets_text(document["targets"], markdown)))
         parts.append(f"{document['bytes_verified']:,} echoed bytes verified.\n")
+    if "idle" in document:
+        parts.append(("**Idle connections**\n\n" if markdown else "Idle connections:\n")
+                     + report.idle_table(document["idle"], markdown))
     if "micro" in document:
         parts.append(("**Micro-benchmarks**\n\n" if markdown else "Micro-benchmarks:\n")
                      + report.micro_table(document["micro"], markdown))
@@ -173,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and client")
     parser.add_argument("--no-echo", action="store_true", help="skip the echo benchmark")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
+    parser.add_argument("--no-idle", action="store_true",
+                        help="skip the idle-connections row (server KiB per idle connection)")
+    parser.add_argument("--idle-connections", type=int, metavar="N",
+                        help="idle connections per server; full: 5000, quick: 1000")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
                         help="directory for the JSON, Markdown and PNG (default: %(default)s)")
@@ -189,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.pin = not args.no_pin
     settings.echo = not args.no_echo
     settings.micro = not args.no_micro
+    settings.idle = not args.no_idle
+    if args.idle_connections is not None:
+        settings.idle_connections = args.idle_connections
     document = run_benchmark(settings, ProgressLine(sys.stderr))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{settings.mode}"

@@ -96,6 +96,29 @@ def micro_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
                      for cells in [titles, *body]) + "\n"
 
 
+def idle_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """Server memory per idle connection (RSS growth / connections), each server measured
+    in the same run, with its ratio to uvloop's and asyncio's."""
+    kib = {r["server"]: r["kib_per_connection"] for r in rows if "error" not in r}
+    titles = ["server", "connections", "KiB per idle connection", "vs uvloop", "vs asyncio"]
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["server"], str(r["connections"]), f"failed: {r['error']}", "", ""])
+            continue
+        own = r["kib_per_connection"]
+        ratio = [f"{own / kib[peer]:.2f}x" if kib.get(peer) else "-"
+                 for peer in ("uvloop", "asyncio")]
+        body.append([r["server"], f"{r['connections']:,}", f"{own:.2f}", *ratio])
+    if markdown:
+        lines = ["| " + " | ".join(titles) + " |", "|---|--:|--:|--:|--:|"]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
+    widths = [max(len(row[i]) for row in [titles, *body]) for i in range(len(titles))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+                     for cells in [titles, *body]) + "\n"
+
+
 def targets_text(verdicts: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     """One line per target: MET / MISSED / NOT MEASURED, and the numbers."""
     word = {True: "MET", False: "MISSED", None: "NOT MEASURED"}

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from portio.bench import loadgen
 from portio.bench.peers import NOTES, PEERS
 
-__all__ = ["ServerProcess", "ServerSpec", "allowed_cpus", "available_servers", "pin_to"]
+__all__ = ["ServerProcess", "ServerSpec", "allowed_cpus", "available_servers", "pin_to",
+           "why_unavailable"]
 
 if sys.platform == "linux":
     def allowed_cpus() -> set[int] | None:
@@ -60,7 +61,7 @@ class ServerSpec:
     note: str | None = None
 
 
-def _why_unavailable(kind: str) -> str | None:
+def why_unavailable(kind: str) -> str | None:
     """Why the peer ``kind`` cannot run here, or None when it can."""
     if kind in ("asyncio", "selectors"):
         return None
@@ -109,7 +110,7 @@ def available_servers(backends: Sequence[str], threads: int) -> tuple[list[Serve
             (sys.executable, "-m", "portio.asyncio._echo", "--backend", backend),
             "portio", note=f"asyncio's Protocol echo server on portio's event loop ({backend})"))
     for kind in PEERS:
-        reason = _why_unavailable(kind)
+        reason = why_unavailable(kind)
         if reason is None:
             specs.append(ServerSpec(kind, (sys.executable, "-m", "portio.bench.peers", kind),
                                     "peer", note=NOTES.get(kind)))

@@ -6,8 +6,9 @@
 every echoed byte, leaves them all open and idle, and reads the server's RSS
 (``/proc/PID/status`` VmRSS) before and after.  Linux only.
 
-Run as a script it measures portio (io_uring and selector) against asyncio and uvloop in the
-same run, interleaved: ``python tests/reliability/idle_memory.py 5000 15000``.
+:func:`run_idle` is the benchmark's row (``python -m portio.bench``): portio's port-model server
+on every backend against asyncio's Protocol server and uvloop, measured in the same run.  Run as
+a script for other counts: ``python -m portio.bench.idle 5000 15000``.
 """
 
 from __future__ import annotations
@@ -131,15 +132,36 @@ def peer_server(kind: str) -> list[str]:
     return [sys.executable, "-m", "portio.bench.peers", kind]
 
 
+def idle_servers(backends: list[str], peer_kinds: list[str]) -> dict[str, list[str]]:
+    """The servers of the idle row: ``BACKEND/port`` for each backend, then the peers."""
+    servers = {f"{backend}/port": portio_server(backend) for backend in backends}
+    servers.update({kind: peer_server(kind) for kind in peer_kinds})
+    return servers
+
+
+def run_idle(servers: dict[str, list[str]], connections: int,
+             progress: Any = None) -> list[dict[str, Any]]:
+    """Measure each of ``servers`` with ``connections`` idle connections, one after another;
+    a server that cannot run here (or fails) gets an ``error`` instead of figures."""
+    raise_fd_limit(connections + 512)
+    rows = []
+    for name, argv in servers.items():
+        if progress is not None:
+            progress(f"idle connections: measuring {name} ({connections})")
+        try:
+            rows.append({"server": name, **measure(argv, connections)})
+        except (OSError, RuntimeError, AssertionError) as exc:
+            rows.append({"server": name, "connections": connections,
+                         "error": f"{type(exc).__name__}: {exc}"})
+    return rows
+
+
 def main(argv: list[str]) -> int:
     counts = [int(a) for a in argv] or [5000]
-    raise_fd_limit(max(counts) + 512)
-    servers = {"portio io_uring": portio_server("io_uring"),
-               "portio selector": portio_server("selector"),
-               "asyncio Protocol": peer_server("asyncio"), "uvloop": peer_server("uvloop")}
+    servers = idle_servers(["io_uring", "selector"], ["asyncio", "uvloop"])
     for count in counts:
-        for name, server in servers.items():
-            print(json.dumps({"server": name, **measure(server, count)}), flush=True)
+        for row in run_idle(servers, count):
+            print(json.dumps(row), flush=True)
     return 0
 
 
