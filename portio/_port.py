@@ -1071,11 +1071,15 @@ class PortBase(CompletionPort):
                 # Larger: into the port's one scratch buffer (we hold the lock), then a copy of
                 # what came.  A stream receive may return less than its size, so the scratch
                 # bounds it.
-                scratch = self._scratch
-                if scratch is None:
-                    scratch = self._scratch = memoryview(bytearray(_SCRATCH_SIZE))
+                scratch = self._scratch_buffer()
                 n = sock.recv_into(scratch, min(op.size, _SCRATCH_SIZE), _DONTWAIT)
                 self._finish(op, bytes(scratch[:n]), n)
+            elif sys.platform == "win32":
+                # Windows fails a datagram longer than the buffer (WSAEMSGSIZE) where POSIX
+                # cuts it to the size: take it whole (the scratch outsizes any datagram), cut.
+                n, address = sock.recvfrom_into(self._scratch_buffer())
+                data = bytes(self._scratch_buffer()[:min(n, op.size)])
+                self._finish(op, (data, address), len(data))
             else:
                 data, address = sock.recvfrom(op.size, _DONTWAIT)
                 self._finish(op, (data, address), len(data))
@@ -1084,6 +1088,13 @@ class PortBase(CompletionPort):
         except OSError as exc:
             self._finish(op, None, 0, exc)
         return True
+
+    def _scratch_buffer(self) -> memoryview:
+        """(lock held) The port's one receive scratch buffer, made on first use."""
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = memoryview(bytearray(_SCRATCH_SIZE))
+        return scratch
 
     # ------------------------------------------------------------------ completion
     def _finish(self, op: Operation, result: Any, nbytes: int,
