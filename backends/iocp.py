@@ -264,11 +264,14 @@ class IocpPort(PortBase):
         self._fail(op, code)
 
     def _start_recv(self, op: Operation, n: _Native) -> bool:
+        flags = 0
         if op.buffer is None:  # given a size: a zero-byte receive, then _receive_ready
             n.wsabuf = ffi.new("WSABUF *")  # len 0, buf NULL
+            if op.entry.type != socket.SOCK_STREAM:
+                flags = _MSG_PEEK  # (on a datagram socket a zero-byte receive would discard it)
         else:
             self._set_wsabuf(op, n, op.buffer)
-        n.flags = ffi.new("DWORD *", 0)
+        n.flags = ffi.new("DWORD *", flags)
         rc = _ws2.WSARecv(op.entry.fd, n.wsabuf, 1, ffi.NULL, n.flags, n.ov, ffi.NULL)
         return bool(rc != _SOCKET_ERROR)
 
@@ -382,14 +385,15 @@ class IocpPort(PortBase):
         n: _Native = op.native
         if status != _STATUS_SUCCESS:
             code = _ntdll.RtlNtStatusToDosError(ffi.cast("LONG", status))
-            if not (op.kind == "recvfrom" and code == 234):  # ERROR_MORE_DATA: truncated datagram
+            # ERROR_MORE_DATA: a truncated datagram, delivered cut (as POSIX does)
+            if not (op.kind in ("recv", "recvfrom") and code == 234):
                 if op.kind in ("send", "write"):
                     op.sent += nbytes  # what went out before the failure or the cancel
                 self._fail(op, code)
                 return
         kind = op.kind
         try:
-            if op.buffer is None and kind == "recvfrom":
+            if op.buffer is None and (kind == "recvfrom" or op.entry.type != socket.SOCK_STREAM):
                 # The peek says a datagram is there: receive it with a buffer made now (it
                 # completes at once), so a longer datagram is truncated as it always was.
                 if op.cancel_error is not None:  # exact: the datagram is still queued

@@ -91,6 +91,7 @@ _MAX_HANDLE = 2**64 - 1 if os.name == "nt" else 2**31 - 1
 #: A receive that must never block, even on a socket the user made blocking again (Windows
 #: has no such flag; its sockets are only read after the kernel said data is there).
 _DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0))
+_WINDOWS = sys.platform == "win32"
 
 #: A stream receive given a size up to this is a plain ``recv(size)``; above it, it reads into
 #: the port's scratch buffer of _SCRATCH_SIZE and copies what came.  glibc serves a malloc of
@@ -1064,7 +1065,13 @@ class PortBase(CompletionPort):
         if op._done:
             return True  # it completed meanwhile: the bytes stay for the next receive
         try:
-            if op.kind == "recv" and op.size <= _DIRECT_RECV:
+            if _WINDOWS and sock.type != socket.SOCK_STREAM:
+                # Windows fails a datagram longer than the buffer (WSAEMSGSIZE) where POSIX
+                # cuts it to the size: take it whole (the scratch outsizes any datagram), cut.
+                n, address = sock.recvfrom_into(self._scratch_buffer())
+                data = bytes(self._scratch_buffer()[:min(n, op.size)])
+                self._finish(op, data if op.kind == "recv" else (data, address), len(data))
+            elif op.kind == "recv" and op.size <= _DIRECT_RECV:
                 data = sock.recv(op.size, _DONTWAIT)
                 self._finish(op, data, len(data))
             elif op.kind == "recv":
@@ -1074,12 +1081,6 @@ class PortBase(CompletionPort):
                 scratch = self._scratch_buffer()
                 n = sock.recv_into(scratch, min(op.size, _SCRATCH_SIZE), _DONTWAIT)
                 self._finish(op, bytes(scratch[:n]), n)
-            elif sys.platform == "win32":
-                # Windows fails a datagram longer than the buffer (WSAEMSGSIZE) where POSIX
-                # cuts it to the size: take it whole (the scratch outsizes any datagram), cut.
-                n, address = sock.recvfrom_into(self._scratch_buffer())
-                data = bytes(self._scratch_buffer()[:min(n, op.size)])
-                self._finish(op, (data, address), len(data))
             else:
                 data, address = sock.recvfrom(op.size, _DONTWAIT)
                 self._finish(op, (data, address), len(data))

@@ -214,6 +214,22 @@ def test_a_datagram_longer_than_the_size_is_cut_to_it(port: portio.CompletionPor
     assert complete(port, port.recvfrom(ours, 100)).result == (b"next", peer.getsockname())
 
 
+@pytest.mark.parametrize("size", [4, 100, 100_000])
+def test_recv_on_a_connected_datagram_socket(port: portio.CompletionPort,
+                                             udp_pairs: list[Pair], size: int) -> None:
+    """recv given a size on a connected UDP socket: the datagram, cut to the size, never
+    thrown away by the bufferless wait (a zero-byte receive would discard a datagram)."""
+    ours, peer = udp_pairs[0]
+    ours.connect(peer.getsockname())
+    op = port.recv(ours, size)
+    settle(port)
+    peer.sendto(b"0123456789", ours.getsockname())
+    peer.sendto(b"next", ours.getsockname())
+    completion = complete(port, op)
+    assert completion.result == b"0123456789"[:size] and completion.nbytes == min(size, 10)
+    assert complete(port, port.recv(ours, size)).result == b"next"[:size]
+
+
 def test_a_cancelled_recvfrom_leaves_the_datagram_queued(port: portio.CompletionPort,
                                                          udp_pairs: list[Pair]) -> None:
     ours, peer = udp_pairs[0]
