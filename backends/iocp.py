@@ -253,7 +253,7 @@ class IocpPort(PortBase):
             return
         code = w.last_error()
         if code == w.Error.ERROR_IO_PENDING or (
-                code == w.Error.WSAEMSGSIZE and op.kind == "recvfrom"):
+                code == w.Error.WSAEMSGSIZE and op.kind in ("recv", "recvfrom")):
             # WSAEMSGSIZE at once: a datagram longer than the buffer (or found by the zero-byte
             # peek of a receive given a size).  Its status, STATUS_BUFFER_OVERFLOW, is only a
             # warning, so a packet is still queued (measured under Wine): the kernel still

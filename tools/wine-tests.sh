@@ -47,6 +47,24 @@ rm -rf "$TARGET/run" && mkdir -p "$TARGET/run"
 ln -s "${PORTIO_TESTS_DIR:-$ROOT/tests}" "$TARGET/run/tests"
 ln -s "$ROOT/pyproject.toml" "$TARGET/run/pyproject.toml"
 
+# CPython's own asyncio tests (tests/aio runs them on portio's event loop): the embedded Windows
+# CPython ships without its test package, so it borrows the host's copy of the same minor
+# version when there is one (a pyenv 3.13 here, or $PORTIO_WINE_CPYTHON_LIB); without one,
+# those tests skip and say which package is missing.
+pythonpath=$(winpath "$TARGET/portio-site")
+rm -rf "$TARGET/cpython-tests"
+for lib in ${PORTIO_WINE_CPYTHON_LIB:-} "$HOME"/.pyenv/versions/3.13.*/lib/python3.13; do
+    if [ -d "$lib/test/test_asyncio" ]; then
+        mkdir -p "$TARGET/cpython-tests/test"
+        cp -r "$lib/test/__init__.py" "$lib/test/support" "$lib/test/test_asyncio" \
+            "$TARGET/cpython-tests/test/"
+        [ -d "$lib/test/certdata" ] && cp -r "$lib/test/certdata" "$TARGET/cpython-tests/test/"
+        pythonpath="$pythonpath;$(winpath "$TARGET/cpython-tests")"
+        say "CPython's asyncio tests from $lib"
+        break
+    fi
+done
+
 [ $# -gt 0 ] || set -- tests
 cd "$TARGET/run"
 
@@ -57,7 +75,7 @@ run_pytest() {  # run_pytest BACKEND JUNIT PYTEST-ARGS...: sets $status; JUNIT i
     set +e
     PORTIO_BACKEND=$backend \
     PORTIO_ABI_CHECK_EXE=$(winpath "$TARGET/abi_check.exe") \
-    WINPY_PYTHONPATH=$(winpath "$TARGET/portio-site") \
+    WINPY_PYTHONPATH=$pythonpath \
         timeout "${PORTIO_WINE_TIMEOUT:-900}" "$WINPY" -m pytest -p no:cacheprovider -rs \
         --junitxml="$(winpath "$junit")" "$@"
     status=$?
