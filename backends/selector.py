@@ -95,6 +95,12 @@ class SelectorPort(PortBase):
         elif sys.platform == "win32" and not getattr(entry.obj, "portio_file", False):
             _winfile.check_open(entry.fd)  # the shared code cannot vet a HANDLE
 
+    def _close_int_handle(self, fd: int) -> None:
+        if sys.platform == "win32":
+            _winfile.close(fd)  # an int is a HANDLE there, as on iocp: not a C descriptor
+        else:
+            super()._close_int_handle(fd)
+
     def _detach(self, entry: HandleEntry) -> None:
         if self._interest.pop(entry.fd, 0):
             self._selector.unregister(entry.fd)
