@@ -252,6 +252,28 @@ def test_line_client_with_a_line_larger_than_socket_buffers(server: EchoProcess)
     assert result.stdout == line + b"short\n"
 
 
+def test_line_client_whose_stdin_ends_after_the_echo(server: EchoProcess) -> None:
+    # The usual shape of `producer | portio-echo client`: every echo is back before stdin
+    # ends, so the server's close answers the half-close while the client waits on the socket.
+    client = subprocess.Popen(
+        [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+         "--port", str(server.port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        client.stdin.write(b"first line\n")
+        client.stdin.flush()
+        assert client.stdout.readline() == b"first line\n"
+        time.sleep(0.2)  # several of the client's polls go by with nothing owed
+        stdout, stderr = client.communicate(timeout=IO_TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(STOP_TIMEOUT)
+    assert client.returncode == 0, stderr
+    assert stdout == b""
+
+
 def test_garbage_is_echoed_as_is(server: EchoProcess) -> None:
     garbage = bytes(range(256)) * 64 + b"\0\r\n\xff" * 100
     with server.connect() as sock:

@@ -118,7 +118,11 @@ class _Piped:
                 chunk = self.sock.recv(BUFFER_SIZE)
                 if not chunk:
                     with self.lock:
-                        sent = self.sent
+                        sent, stdin_done = self.sent, self.stdin_done
+                    # The server closes once it has echoed everything after the half-close,
+                    # which may come between the check above and this recv.
+                    if stdin_done and received >= sent:
+                        return 0
                     raise ConnectionError(f"server closed the connection after echoing "
                                           f"{received} of {sent} bytes")
                 out.write(chunk)
