@@ -175,11 +175,25 @@ def assert_serving(server: EchoProcess) -> None:
 
 def run_client(server: EchoProcess, *args: str,
                stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """``portio-echo client`` against ``server``, bounded in time."""
-    return subprocess.run(
-        [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
-         "--port", str(server.port), *args],
-        input=stdin, capture_output=True, check=False, timeout=90)
+    """``portio-echo client`` against ``server``, bounded in time.
+
+    Its input and output are files, not pipes: on this project's CI kernel, a pipe that carried
+    tens of MiB sometimes dropped whole pages at a reader's read boundary (32 KiB holes in what
+    ``communicate()`` got, while the client had written every byte), which made the
+    line-client tests flaky for a reason outside portio.  Piped mode only needs a stdin that
+    is not a terminal."""
+    with tempfile.TemporaryFile() as stdin_file, tempfile.TemporaryFile() as stdout, \
+            tempfile.TemporaryFile() as stderr:
+        stdin_file.write(stdin or b"")
+        stdin_file.seek(0)
+        result = subprocess.run(
+            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+             "--port", str(server.port), *args],
+            stdin=stdin_file, stdout=stdout, stderr=stderr, check=False, timeout=90)
+        stdout.seek(0)
+        stderr.seek(0)
+        return subprocess.CompletedProcess(result.args, result.returncode,
+                                           stdout.read(), stderr.read())
 
 
 # ---------------------------------------------------------------------- echo correctness
