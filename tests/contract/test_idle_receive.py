@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -32,6 +32,22 @@ SIZE = 1 << 20
 def settle(port: portio.CompletionPort) -> None:
     """Let the backend submit and wait for what was started (nothing completes)."""
     assert port.get_many(timeout=0.05) == []
+
+
+def start_pending(port: portio.CompletionPort,
+                  start: Callable[[], list[portio.Operation]]) -> list[portio.Operation]:
+    """``start()`` the receives, let them settle, and check they hold no ``SIZE`` buffers."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ops = start()
+        settle(port)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Bookkeeping is a few hundred bytes an operation; one eager buffer alone is SIZE.
+    assert held < PENDING * SIZE // 16, f"{held} bytes held by {len(ops)} pending receives"
+    return ops
 
 
 @pytest.fixture
@@ -75,16 +91,8 @@ def udp_pairs(port: portio.CompletionPort) -> Iterator[list[Pair]]:
 
 def test_pending_recvs_given_a_size_hold_no_buffer(port: portio.CompletionPort,
                                                    tcp_pairs: list[Pair]) -> None:
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        ops = [port.recv(ours, SIZE, data=i) for i, (ours, _) in enumerate(tcp_pairs)]
-        settle(port)
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    # Bookkeeping is a few hundred bytes an operation; one eager buffer alone is SIZE.
-    assert held < PENDING * SIZE // 16, f"{held} bytes held by {PENDING} pending receives"
+    ops = start_pending(port, lambda: [port.recv(ours, SIZE, data=i)
+                                       for i, (ours, _) in enumerate(tcp_pairs)])
     for i, (_, peer) in enumerate(tcp_pairs):
         peer.sendall(b"%d" % i)
     completions = complete_all(port, PENDING)
@@ -95,15 +103,8 @@ def test_pending_recvs_given_a_size_hold_no_buffer(port: portio.CompletionPort,
 
 def test_pending_recvfroms_given_a_size_hold_no_buffer(port: portio.CompletionPort,
                                                        udp_pairs: list[Pair]) -> None:
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        ops = [port.recvfrom(ours, SIZE, data=i) for i, (ours, _) in enumerate(udp_pairs)]
-        settle(port)
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert held < PENDING * SIZE // 16, f"{held} bytes held by {PENDING} pending receives"
+    ops = start_pending(port, lambda: [port.recvfrom(ours, SIZE, data=i)
+                                       for i, (ours, _) in enumerate(udp_pairs)])
     for i, (ours, peer) in enumerate(udp_pairs):
         peer.sendto(b"%d" % i, ours.getsockname())
     completions = complete_all(port, PENDING)
