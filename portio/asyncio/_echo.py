@@ -3,9 +3,10 @@
 ``python -m portio.asyncio._echo [--backend B] [--host H] [--port P]`` serves until
 SIGTERM/SIGINT and prints one ready line,
 ``portio.asyncio echo server backend=B listening on HOST:PORT``.  It is the benchmark's
-``asyncio`` peer (``portio.bench.peers``) unchanged, an ``asyncio.Protocol`` whose
-``data_received`` writes the data back, run on :class:`portio.asyncio.PortioEventLoop` instead
-of asyncio's own loop: the difference between the two measures the loop, nothing else.
+``asyncio`` peer, the same class (``portio.bench.peers.EchoProtocol``: an ``asyncio.Protocol``
+whose ``data_received`` writes the data back), run on
+:class:`portio.asyncio.PortioEventLoop` instead of asyncio's own loop: the difference between
+the two measures the loop, nothing else.
 """
 
 from __future__ import annotations
@@ -17,36 +18,9 @@ import socket
 import sys
 
 import portio.asyncio
+from portio.bench.peers import BACKLOG, EchoProtocol
 
 __all__ = ["main", "serve"]
-
-#: The same bound as the peers': stop reading a connection whose unsent echo exceeds this.
-_HIGH_WATER = 256 * 1024
-_BACKLOG = 1024  # 100 connections at once must not overflow the accept queue
-
-
-class EchoProtocol(asyncio.Protocol):
-    """Writes back what it receives; stops reading while the echo waits to be sent."""
-
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def pause_writing(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
 
 async def _serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
@@ -54,7 +28,7 @@ async def _serve(host: str, port: int) -> None:
     if sys.platform != "win32":
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set_result, None)
-    listener = socket.create_server((host, port), backlog=_BACKLOG)
+    listener = socket.create_server((host, port), backlog=BACKLOG)
     server = await loop.create_server(EchoProtocol, sock=listener)
     address = server.sockets[0].getsockname()
     backend = loop.backend if isinstance(loop, portio.asyncio.PortioEventLoop) else "?"

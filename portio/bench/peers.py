@@ -23,20 +23,21 @@ cannot grow the server without bound (portio's echo server promises the same).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
 import sys
 from typing import Any
 
-__all__ = ["NOTES", "PEERS", "main"]
+__all__ = ["BACKLOG", "NOTES", "PEERS", "EchoProtocol", "main"]
 
 PEERS = ("asyncio", "uvloop", "trio", "selectors", "c-epoll")
 # What a reader of a table or chart must be told about a peer.
 NOTES = {"c-epoll": "a C epoll echo server (64 KiB reads): the kernel floor of ping-pong"}
 _CHUNK = 65536
 _HIGH_WATER = 256 * 1024
-_BACKLOG = 1024  # 100 connections at once must not overflow the accept queue
+BACKLOG = 1024  # 100 connections at once must not overflow the accept queue
 
 
 def _ready(kind: str, sock: socket.socket) -> None:
@@ -45,33 +46,34 @@ def _ready(kind: str, sock: socket.socket) -> None:
 
 
 def _listener(host: str, port: int) -> socket.socket:
-    sock = socket.create_server((host, port), backlog=_BACKLOG)
+    sock = socket.create_server((host, port), backlog=BACKLOG)
     sock.setblocking(False)
     return sock
 
 
+class EchoProtocol(asyncio.Protocol):
+    """Writes back what it receives; stops reading while the echo waits to be sent."""
+
+    transport: Any  # asyncio.Transport, or uvloop's, which is not a subclass of it
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
 def serve_asyncio(host: str, port: int, use_uvloop: bool) -> None:
-    import asyncio
-
-    class EchoProtocol(asyncio.Protocol):
-        transport: Any  # asyncio.Transport, or uvloop's, which is not a subclass of it
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-            self.transport.set_write_buffer_limits(high=_HIGH_WATER)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
-
-        def pause_writing(self) -> None:
-            self.transport.pause_reading()
-
-        def resume_writing(self) -> None:
-            self.transport.resume_reading()
-
     async def run() -> None:
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
@@ -104,7 +106,7 @@ def serve_trio(host: str, port: int) -> None:
             return
 
     async def run() -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=_BACKLOG)
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=BACKLOG)
         listening: Any = listeners[0].socket  # trio's own socket type wraps the real one
         _ready("trio", listening)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
