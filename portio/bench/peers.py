@@ -78,7 +78,10 @@ def serve_asyncio(host: str, port: int, use_uvloop: bool) -> None:
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set_result, None)
+            try:
+                loop.add_signal_handler(signum, stop.set_result, None)
+            except NotImplementedError:  # Windows' loops have none: the signal ends the process
+                break
         server = await loop.create_server(EchoProtocol, sock=_listener(host, port))
         _ready("uvloop" if use_uvloop else "asyncio", server.sockets[0])
         await stop
