@@ -562,6 +562,42 @@ def test_piped_client_fails_when_the_echo_stops_short() -> None:
     assert result.stdout == b"12345"
 
 
+def test_piped_client_fails_cleanly_while_its_stdin_is_still_open() -> None:
+    """The echo stops short while the client's stdin thread still waits for input: the exit is
+    the error (1), not an interpreter that aborts at shutdown over that thread's reader."""
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(IO_TIMEOUT)
+
+        def echo_half_then_close() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(IO_TIMEOUT)
+                conn.sendall(recv_exactly(conn, 10)[:5])
+
+        thread = threading.Thread(target=echo_half_then_close, daemon=True)
+        thread.start()
+        client = subprocess.Popen(
+            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert client.stdin is not None
+        try:
+            client.stdin.write(b"123456789\n")
+            client.stdin.flush()  # and stdin stays open until the client has exited
+            returncode = client.wait(IO_TIMEOUT)
+            assert client.stdout is not None and client.stderr is not None
+            stdout, stderr = client.stdout.read(), client.stderr.read()
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(STOP_TIMEOUT)
+            client.stdin.close()
+        thread.join(IO_TIMEOUT)
+    assert returncode == 1, stderr
+    assert b"after echoing 5 of 10 bytes" in stderr
+    assert stdout == b"12345"
+
+
 @pytest.mark.parametrize("options", [["--size", "100"], ["--connections", "3"],
                                      ["--size", "100", "--connections", "3"]])
 def test_scripted_options_without_count_are_a_usage_error(options: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 It keeps reading until every byte it sent has come back, which is the only correct way to use a
 TCP stream (one ``send`` may come back in many ``recv``\\ s).  In a terminal it is the classic
-interactive client; with stdin redirected it echoes stdin line by line; ``--count N --size S
+interactive client; with stdin redirected it echoes stdin as it comes; ``--count N --size S
 --connections C`` is a scripted run on a completion port that verifies every byte.
 """
 
@@ -74,7 +74,7 @@ class _Piped:
     does.  Waiting for each chunk's whole echo before writing on would make every chunk a
     round trip, and would hang on a server that echoes in fixed pieces: it holds a chunk's last
     partial piece until more bytes, or the end of the stream, arrive.  Memory stays bounded:
-    stdin is read a line (at most BUFFER_SIZE bytes) at a time, and the sender blocks when the
+    stdin is read at most BUFFER_SIZE bytes at a time, and the sender blocks when the
     server does."""
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
@@ -86,12 +86,16 @@ class _Piped:
         self.error: BaseException | None = None
 
     def _send(self) -> None:
-        stdin = sys.stdin.buffer
+        # os.read, not sys.stdin.buffer: this daemon thread may still be reading when the main
+        # thread exits, and a buffered reader's lock held then makes CPython's shutdown abort
+        # ("could not acquire lock ... at interpreter shutdown, possibly due to daemon threads").
+        # It also sends what a producer wrote at once, without waiting for the line to end.
+        stdin = sys.stdin.fileno()
         try:
-            while line := stdin.readline(BUFFER_SIZE):
+            while chunk := os.read(stdin, BUFFER_SIZE):
                 with self.lock:
-                    self.sent += len(line)
-                self.sock.sendall(line)
+                    self.sent += len(chunk)
+                self.sock.sendall(chunk)
             with self.lock:
                 self.stdin_done = True
             # Tell the server there is no more: it may close once it has echoed everything.
