@@ -31,6 +31,9 @@ Traps
   inside them, so those changes wake the poller.
 - A receive given a size holds no buffer while it waits: the speculative call and the one made
   on readiness are each a plain ``recv(size)``, whose bytes object exists only if data came.
+- Windows' ``select()`` takes at most 512 sockets a set, and one more fails every wait.  At
+  that cap, the sockets watched only for a recv that may follow are dropped first; past it, an
+  operation that would wait completes at once with ``OSError(EMFILE)`` naming the limit.
 - A short send is not a completion: the rest waits for writability, and only then completes.
 - A connect in progress finishes on writability; its outcome is ``SO_ERROR``.
 """
@@ -58,6 +61,9 @@ _LIVE_SELECTORS = tuple(
     if hasattr(selectors, name))
 _CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EAGAIN}
 _WSAENOTSOCK = 10038
+#: How many sockets Windows' select() takes in one set (CPython builds it with FD_SETSIZE 512;
+#: one more raises ValueError from inside select(), which would break every wait on the port).
+_WINDOWS_SELECT_SETSIZE = 512
 if sys.platform == "win32":
     from portio.backends import _winfile
 
@@ -86,6 +92,10 @@ class SelectorPort(PortBase):
         self._wake_pending = False
         self._selector.register(self._wake_reader, _READ, None)
         self._interest: dict[int, int] = {}
+        # Sockets that may wait at once, besides the wakeup socket: only select() has a cap.
+        self._watch_limit = (_WINDOWS_SELECT_SETSIZE - 1
+                             if isinstance(self._selector, selectors.SelectSelector)
+                             and sys.platform == "win32" else sys.maxsize)
         self._constructed = True
 
     # ------------------------------------------------------------------ handles
@@ -207,6 +217,9 @@ class SelectorPort(PortBase):
             del self._interest[entry.fd]
             self._selector.unregister(entry.fd)
         elif not old:
+            if len(self._interest) >= self._watch_limit and not self._drop_idle_interest():
+                self._refuse_to_watch(entry, mask)
+                return
             self._interest[entry.fd] = mask
             self._selector.register(entry.fd, mask, entry)
         else:
@@ -214,6 +227,30 @@ class SelectorPort(PortBase):
             self._selector.modify(entry.fd, mask, entry)
         if not self._live and self._polling and self._poller_ident != threading.get_ident():
             self._wakeup()  # select()/poll() would not see the change until they return
+
+    def _drop_idle_interest(self) -> bool:
+        """(lock held) At select()'s cap, stop watching the sockets whose read interest was only
+        kept for a recv that may follow (see Traps); True if that freed a place."""
+        freed = False
+        for fd in list(self._interest):
+            entry = self._selector.get_key(fd).data
+            if not ((entry.inbound and not entry.inbound[0].done)
+                    or (entry.outbound and not entry.outbound[0].done)):
+                del self._interest[fd]
+                self._selector.unregister(fd)
+                freed = True
+        return freed
+
+    def _refuse_to_watch(self, entry: HandleEntry, mask: int) -> None:
+        """(lock held) select() cannot take one more socket: the operations that would wait on
+        this one complete now with the reason, and the port keeps serving the others."""
+        for queue, direction in ((entry.inbound, _READ), (entry.outbound, _WRITE)):
+            if mask & direction and queue and not queue[0].done:
+                head = queue[0]
+                self._finish(head, None, head.sent, OSError(
+                    errno.EMFILE, f"the selector backend waits on at most {self._watch_limit} "
+                    "sockets at once on Windows (select()'s FD_SETSIZE); the iocp backend "
+                    "has no such limit"))
 
     # ------------------------------------------------------------------ waiting
     def _poll(self, timeout: float | None) -> None:
