@@ -539,8 +539,10 @@ def test_piped_client_reads_while_it_writes() -> None:
     assert elapsed < PIPED_TIME_LIMIT, f"{elapsed:.1f} s for a 70 KB line"
 
 
-def test_piped_client_fails_when_the_echo_stops_short() -> None:
-    """A server that closes before echoing everything is an error (exit 1), not a hang."""
+@contextlib.contextmanager
+def half_echo_server() -> Iterator[list[str]]:
+    """A broken echo server for one client: it echoes 5 of the first 10 bytes and closes.
+    Yields the command line of a piped client pointed at it."""
     with socket.create_server((HOST, 0)) as listener:
         listener.settimeout(IO_TIMEOUT)
 
@@ -552,11 +554,16 @@ def test_piped_client_fails_when_the_echo_stops_short() -> None:
 
         thread = threading.Thread(target=echo_half_then_close, daemon=True)
         thread.start()
-        result = subprocess.run(
-            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
-             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
-            input=b"123456789\n", capture_output=True, check=False, timeout=60)
+        yield [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
+               "--port", str(listener.getsockname()[1]), "--timeout", "20"]
         thread.join(IO_TIMEOUT)
+
+
+def test_piped_client_fails_when_the_echo_stops_short() -> None:
+    """A server that closes before echoing everything is an error (exit 1), not a hang."""
+    with half_echo_server() as argv:
+        result = subprocess.run(argv, input=b"123456789\n", capture_output=True, check=False,
+                                timeout=60)
     assert result.returncode == 1
     assert b"after echoing 5 of 10 bytes" in result.stderr
     assert result.stdout == b"12345"
@@ -565,21 +572,9 @@ def test_piped_client_fails_when_the_echo_stops_short() -> None:
 def test_piped_client_fails_cleanly_while_its_stdin_is_still_open() -> None:
     """The echo stops short while the client's stdin thread still waits for input: the exit is
     the error (1), not an interpreter that aborts at shutdown over that thread's reader."""
-    with socket.create_server((HOST, 0)) as listener:
-        listener.settimeout(IO_TIMEOUT)
-
-        def echo_half_then_close() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(IO_TIMEOUT)
-                conn.sendall(recv_exactly(conn, 10)[:5])
-
-        thread = threading.Thread(target=echo_half_then_close, daemon=True)
-        thread.start()
-        client = subprocess.Popen(
-            [sys.executable, "-m", "portio.echo", "client", "--host", HOST,
-             "--port", str(listener.getsockname()[1]), "--timeout", "20"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with half_echo_server() as argv:
+        client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
         assert client.stdin is not None
         try:
             client.stdin.write(b"123456789\n")
@@ -592,7 +587,6 @@ def test_piped_client_fails_cleanly_while_its_stdin_is_still_open() -> None:
                 client.kill()
                 client.wait(STOP_TIMEOUT)
             client.stdin.close()
-        thread.join(IO_TIMEOUT)
     assert returncode == 1, stderr
     assert b"after echoing 5 of 10 bytes" in stderr
     assert stdout == b"12345"
