@@ -154,7 +154,7 @@ class IocpPort(PortBase):
                 f"CreateIoCompletionPort failed: {w.winerror_to_oserror(w.last_error())}")
         _k32.CloseHandle(port)
 
-    def __init__(self, concurrency: int = 0) -> None:
+    def __init__(self, concurrency: object = 0) -> None:
         super().__init__(concurrency)
         self.probe()
         port = _k32.CreateIoCompletionPort(

@@ -82,7 +82,7 @@ class SelectorPort(PortBase):
         except OSError as exc:
             raise BackendUnavailable(f"the OS refused a selector: {exc}") from exc
 
-    def __init__(self, concurrency: int = 0) -> None:
+    def __init__(self, concurrency: object = 0) -> None:
         super().__init__(concurrency)
         self._selector = selectors.DefaultSelector()
         self._live = isinstance(self._selector, _LIVE_SELECTORS)

@@ -199,8 +199,7 @@ def _refusal(err: int) -> str:
 
 
 def _open_ring(sq_entries: int, cq_entries: int, flags: int) -> tuple[Any, int]:
-    """A new ``pio_ring *`` and 0, or (None, errno).  Tests monkeypatch this to simulate a
-    kernel that refuses io_uring."""
+    """A new ``pio_ring *`` and 0, or (None, errno)."""
     ring = _ffi.new("pio_ring *")
     rc = _lib.pio_setup(ring, sq_entries, cq_entries, flags)
     if rc < 0:
@@ -296,7 +295,7 @@ class UringPort(PortBase):
         if reason is not None:
             raise BackendUnavailable(reason)
 
-    def __init__(self, concurrency: int = 0) -> None:
+    def __init__(self, concurrency: object = 0) -> None:
         super().__init__(concurrency)
         if _lib is None:
             raise BackendUnavailable(_unavailable_reason() or "io_uring extension missing")

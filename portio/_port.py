@@ -56,6 +56,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+from portio._borrowed import BorrowedSocket
 from portio.errors import OperationCancelled, PortClosed, operation_timed_out
 
 __all__ = ["MAX_IO_SIZE", "Completion", "CompletionPort", "HandleEntry", "Operation", "PortBase"]
@@ -376,7 +377,7 @@ class CompletionPort(abc.ABC):
         """Read at ``offset``; result ``bytes`` or a count (``b""``/0 past end of file)."""
 
     @abc.abstractmethod
-    def write(self, file: Handle, payload: Any, /, offset: int, *, data: Any = None,
+    def write(self, file: Handle, __payload: Any, /, offset: int, *, data: Any = None,
               timeout: float | None = None, callback: Callback | None = None) -> Operation:
         """Write all of ``payload`` (positional only) at ``offset``; result: the number of
         bytes written."""
@@ -434,7 +435,7 @@ class _Waiter:
         self.ident = threading.get_ident()
 
 
-def _check_timeout(timeout: float | None, what: str) -> float | None:
+def _check_timeout(timeout: object, what: str) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -682,16 +683,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _BorrowedSocket(socket.socket):
-    """A socket object over a descriptor the caller registered as an int: the port needs the
-    socket API on it, but the number stays the caller's, so collecting this object (when the
-    port is dropped, in whatever order the GC finalizes a cycle) never closes it."""
-
-    def __del__(self) -> None:
-        if self.fileno() >= 0:
-            self.detach()
-
-
 def _default_concurrency() -> int:
     """The CPUs this process may run on (its affinity mask), not the machine's: a server pinned
     to one CPU gains nothing from releasing two threads at once, it only trades the GIL."""
@@ -746,7 +737,9 @@ class PortBase(CompletionPort):
         marked done; buffers must stay alive until the OS has let go of them."""
 
     # ------------------------------------------------------------------ construction
-    def __init__(self, concurrency: int = 0) -> None:
+    def __init__(self, concurrency: object = 0) -> None:
+        # ``object``, not ``int`` (here and in the backends): compiled code converts an
+        # argument to its declared type on the way in, so True would arrive as 1, unrefused.
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, not {type(concurrency).__name__}")
         if concurrency < 0:
@@ -843,7 +836,7 @@ class PortBase(CompletionPort):
             return HandleEntry(fd, handle, key, None, owns_wrapper=False, seekable=True)
         try:
             # Raises for a descriptor that is not a socket (ENOTSOCK), which classifies it.
-            wrapper = _BorrowedSocket(fileno=fd)
+            wrapper = BorrowedSocket(fileno=fd)
         except OverflowError:
             raise ValueError(f"handle {handle!r} is not a valid descriptor") from None
         except OSError as exc:
@@ -915,10 +908,12 @@ class PortBase(CompletionPort):
         buffer, want_bytes, size = _receive_args(size_or_buffer, "recv")
         return self._submit("recv", sock, data, timeout, callback, buffer, want_bytes, size=size)
 
-    def send(self, sock: Handle, payload: Any, /, *, data: Any = None,
+    # The payloads below are named ``__payload`` as well as positional-only: mypyc ignores
+    # ``/``, and a double-underscore name is one no caller passes as a keyword.
+    def send(self, sock: Handle, __payload: Any, /, *, data: Any = None,
              timeout: float | None = None, callback: Callback | None = None) -> Operation:
         return self._submit("send", sock, data, timeout, callback,
-                            _readable_buffer(payload, "send"))
+                            _readable_buffer(__payload, "send"))
 
     def recvfrom(self, sock: Handle, size_or_buffer: int | Any, *, data: Any = None,
                  timeout: float | None = None, callback: Callback | None = None) -> Operation:
@@ -926,9 +921,9 @@ class PortBase(CompletionPort):
         return self._submit("recvfrom", sock, data, timeout, callback, buffer, want_bytes,
                             size=size)
 
-    def sendto(self, sock: Handle, payload: Any, /, address: Any, *, data: Any = None,
+    def sendto(self, sock: Handle, __payload: Any, /, address: Any, *, data: Any = None,
                timeout: float | None = None, callback: Callback | None = None) -> Operation:
-        buffer = _readable_buffer(payload, "sendto")
+        buffer = _readable_buffer(__payload, "sendto")
         return self._submit("sendto", sock, data, timeout, callback, buffer,
                             address=self._address_for(sock, address, "sendto"))
 
@@ -950,13 +945,13 @@ class PortBase(CompletionPort):
         return self._submit("read", file, data, timeout, callback, buffer, want_bytes,
                             offset=_check_offset(offset, "read"))
 
-    def write(self, file: Handle, payload: Any, /, offset: int, *, data: Any = None,
+    def write(self, file: Handle, __payload: Any, /, offset: int, *, data: Any = None,
               timeout: float | None = None, callback: Callback | None = None) -> Operation:
         return self._submit("write", file, data, timeout, callback,
-                            _readable_buffer(payload, "write"),
+                            _readable_buffer(__payload, "write"),
                             offset=_check_offset(offset, "write"))
 
-    def _submit(self, kind: OperationKind, handle: Handle, data: Any, timeout: float | None,
+    def _submit(self, kind: OperationKind, handle: Handle, data: Any, timeout: object,
                 callback: Callback | None, buffer: memoryview | None, want_bytes: bool = False,
                 offset: int = 0, address: Any = None, size: int = 0) -> Operation:
         if timeout is not None:

@@ -375,11 +375,25 @@ def test_accept_gives_a_working_socket_and_address(port: Any) -> None:
                     assert c.recv(2) == b"hi"
 
 
+class _RefusingLib:
+    """The C core of a kernel that refuses io_uring_setup with ``err``."""
+
+    def __init__(self, lib: Any, err: int) -> None:
+        self._lib = lib
+        self._err = err
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def pio_setup(self, *args: Any) -> int:
+        return -self._err
+
+
 @pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS])
 def test_refused_io_uring_falls_back_to_selector(monkeypatch: pytest.MonkeyPatch,
                                                  err: int) -> None:
     monkeypatch.delenv("PORTIO_BACKEND", raising=False)
-    monkeypatch.setattr(uring, "_open_ring", lambda *args: (None, err))
+    monkeypatch.setattr(uring, "_lib", _RefusingLib(uring._lib, err))
     try:
         status = portio.backend_status(refresh=True)
         reason = status["io_uring"]
