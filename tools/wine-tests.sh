@@ -9,7 +9,8 @@
 # How portio gets onto the Windows path: the checkout cannot simply be put on PYTHONPATH,
 # because setuptools maps the import name portio.backends to the folder backends/ only when it
 # installs.  So the host pip builds a wheel of the checkout (pure Python: the iocp backend is
-# cffi ABI mode) and unpacks it into a fresh TARGET/portio-site, which goes on PYTHONPATH.
+# cffi ABI mode; PORTIO_PURE=1 skips the Linux-only mypyc compile, which Windows could not load
+# anyway) and unpacks it into a fresh TARGET/portio-site, which goes on PYTHONPATH.
 # pytest runs from TARGET/run, which holds only symlinks to the checkout's tests/ and
 # pyproject.toml: the tests still import each other as tests.contract.support (the current
 # directory is on sys.path), but the checkout's portio/ is not there to shadow the wheel.
@@ -33,6 +34,7 @@ say "build the portio wheel and unpack it into $TARGET/portio-site"
 rm -rf "$TARGET/portio-site" "$TARGET/wheel"
 HOSTPY=python3
 [ -x "$ROOT/.venv/bin/python" ] && HOSTPY="$ROOT/.venv/bin/python"
+export PORTIO_PURE=1
 "$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
     -w "$TARGET/wheel" "$ROOT" >/dev/null 2>&1 ||
     "$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$TARGET/wheel" "$ROOT"
