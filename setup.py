@@ -83,11 +83,23 @@ def _clear_weakrefs_on_dealloc(c_file: str) -> None:
         Path(c_file).write_text(patched)
 
 
+def _remove_compiled_from_checkout() -> None:
+    """A pure editable install after a PORTIO_MYPYC=1 one: the extension modules that build left
+    next to the sources would win the import and run stale code, so they go."""
+    for source in [*COMPILED.values(), "portio__mypyc.py"]:
+        stem = Path(source).with_suffix("")
+        for stale in stem.parent.glob(f"{stem.name}.*"):
+            if stale.suffix in (".so", ".pyd"):
+                stale.unlink()
+
+
 def _mypyc_extensions() -> list[Extension]:
     """The compiled hot path's extensions, or none (pure Python) where it is not wanted."""
     editable = "editable_wheel" in sys.argv
     if (not sys.platform.startswith("linux") or os.environ.get("PORTIO_PURE")
             or (editable and not os.environ.get("PORTIO_MYPYC"))):
+        if editable:
+            _remove_compiled_from_checkout()
         return []
     try:
         from mypyc.build import mypycify

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 
+from portio import _port
 from portio._files import File, open_file
 from portio._port import MAX_IO_SIZE, Completion, CompletionPort, Operation, PortBase
 from portio.errors import BackendUnavailable, OperationCancelled, PortClosed
@@ -53,6 +54,7 @@ if importlib.util.find_spec("portio.backends") is None and not _join_editable_in
 __all__ = [
     "MAX_IO_SIZE",
     "BackendUnavailable",
+    "COMPILED",
     "Completion",
     "CompletionPort",
     "File",
@@ -66,6 +68,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+#: True when the hot path (the shared port and the Linux backends) runs as the compiled build
+#: that ``pip install`` makes with mypyc on Linux; False when it runs as pure Python (an
+#: editable install, ``PORTIO_PURE=1``, no compiler, or another OS).  The behaviour is the same
+#: code either way; only the speed differs.
+COMPILED: bool = not (_port.__file__ or "").endswith(".py")
 
 # name -> (module, class); the order of BACKEND_PREFERENCE is "best first" per platform.
 _BACKENDS = {

@@ -7,13 +7,16 @@ installed: editable, wheel or sdist) and what ``import portio`` does inside a ch
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import portio.backends
+import pytest
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -64,3 +67,26 @@ def test_import_portio_in_the_checkout() -> None:
     else:
         assert result.returncode != 0
         assert "has no portio.backends" in result.stderr, result.stderr
+
+
+#: Compiled by mypyc where ``pip install`` builds on Linux (see setup.py).
+HOT_PATH = ["portio._port", "portio._sockaddr", "portio.backends.selector",
+            "portio.backends.uring"]
+
+
+def test_the_hot_path_is_all_compiled_or_all_pure() -> None:
+    # (portio.backends.uring imports on Linux only)
+    files = [importlib.import_module(name).__file__ or "" for name in HOT_PATH
+             if name != "portio.backends.uring" or sys.platform.startswith("linux")]
+    compiled = [not name.endswith(".py") for name in files]
+    assert all(compiled) or not any(compiled), files
+    assert compiled[0] == portio.COMPILED, files
+
+
+@pytest.mark.skipif("PORTIO_EXPECT_COMPILED" not in os.environ,
+                    reason="PORTIO_EXPECT_COMPILED is not set (tox and CI set it to what their "
+                           "install should have built)")
+def test_the_install_built_what_this_run_expects() -> None:
+    expected = os.environ["PORTIO_EXPECT_COMPILED"] == "1"
+    assert expected == portio.COMPILED, (
+        "compiled" if portio.COMPILED else "pure Python", portio._port.__file__)
