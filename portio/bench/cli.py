@@ -87,7 +87,8 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": sys.version.split()[0],
             "implementation": platform.python_implementation(), "cpu": cpu,
             "cpus": os.cpu_count(),
-            "affinity": sorted(allowed_cpus() or ()), "portio": portio.__version__}
+            "affinity": sorted(allowed_cpus() or ()), "portio": portio.__version__,
+            "build": "compiled (mypyc)" if portio.COMPILED else "pure Python"}
 
 
 def run_benchmark(settings: Settings, progress: ProgressLine | None = None) -> dict[str, Any]:
@@ -142,7 +143,8 @@ def render(document: dict[str, Any], markdown: bool = False) -> str:
     """The human-readable result: echo tables, targets, micro-benchmarks, notes."""
     parts = []
     m = document["machine"]
-    parts.append(f"portio {m['portio']} benchmark, {document['settings']['mode']} mode: "
+    parts.append(f"portio {m['portio']} ({m.get('build', 'pure Python')}) benchmark, "
+                 f"{document['settings']['mode']} mode: "
                  f"{m['cpu']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; "
                  f"server on CPU {document['pinning']['server'] or 'any'}, load generator "
                  f"on CPU {document['pinning']['client'] or 'any'}; "
