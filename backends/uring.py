@@ -433,9 +433,8 @@ class UringPort(PortBase):
                 # Given a size: one RECV into a provided buffer the kernel picks when data
                 # arrives (see "Idle receives").
                 eager = self._polling and self._poller_ident != threading.get_ident()
-                if self._backlog or not _lib.pio_push(self._ring, _OP_RECV, _BUFFER_SELECT,
-                                                      op.entry.fd, 0, op.size, 0, 0, uid,
-                                                      _SUBMIT if eager else _DEFER):
+                if self._backlog or not _lib.pio_push_select(self._ring, op.entry.fd, op.size,
+                                                             uid, _SUBMIT if eager else _DEFER):
                     self._push(self._sqe(op), eager)
                 return
             else:  # given a size: wait for readability, with no buffer (see _receive_ready)

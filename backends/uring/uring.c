@@ -352,6 +352,11 @@ int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t le
                     mode);
 }
 
+int pio_push_select(pio_ring *r, int32_t fd, uint32_t len, uint64_t user_data, int mode)
+{
+    return pio_push(r, IORING_OP_RECV, IOSQE_BUFFER_SELECT, fd, 0, len, 0, 0, user_data, mode);
+}
+
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
 {
     unsigned flags = 0;
@@ -554,6 +559,8 @@ int pio_pbuf_setup(pio_ring *r, unsigned count, unsigned size)
 
     if (count == 0 || count > 32768 || (count & (count - 1)) || size == 0)
         return -EINVAL;   /* the kernel wants a power of two entries, bids are 16 bits */
+    if (r->pbuf_count)
+        return -EEXIST;   /* one group per ring: the fields below describe it */
     r->pbuf_ring_sz = ((count * sizeof(struct io_uring_buf) + page - 1) / page) * page;
     r->pbuf_mem_sz = (size_t)count * size;
     /* No MAP_POPULATE: a buffer's pages are touched only when the kernel first fills it. */

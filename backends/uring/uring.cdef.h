@@ -49,6 +49,10 @@ int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t ad
  * arguments fewer to convert. */
 int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t len,
                  uint32_t op_flags, uint64_t user_data, int mode);
+/* pio_push() for a stream receive given a size: an IORING_OP_RECV of at most
+ * len bytes with IOSQE_BUFFER_SELECT (see pio_pbuf_setup()), four arguments
+ * fewer to convert than pio_push(). */
+int pio_push_select(pio_ring *r, int32_t fd, uint32_t len, uint64_t user_data, int mode);
 #define PIO_QUEUE_ONLY ...
 #define PIO_SUBMIT ...
 #define PIO_DEFER ...
