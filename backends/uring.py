@@ -106,15 +106,18 @@ Measured (2 vCPUs, Linux 6.18, loopback, 100 connections x 64-byte ping-pong)
   FIFOs, the lock and this module's bookkeeping, ~4 us of user time per message after the hot
   path was trimmed (one C call per stream send or receive, finished inline in the reap loop).
 - The provided-buffer receive against the poll-then-recv it replaced (same machine, shared with
-  other work, alternating runs of ``portio.bench``, 31 paired repetitions, medians (min-max)):
-  100x64B server CPU 9.3 (8.4-10.6) us/msg against 9.1 (8.3-10.3), 2.09x asyncio against 2.04x;
-  100x4KiB 11.4 (10.0-14.0) against 11.6 (10.3-13.2), 2.33x against 2.32x; 1x64B (15 pairs)
-  47.8 against 49.6.  It saves the ``recv`` system call per message (strace: 20,100 recvfrom
-  calls for 20,000 messages before, none after) and 0.4-0.8 us of the polling thread's CPU
-  per message in an in-process ping-pong (6.0-6.2 against 6.7-6.8 us), but in the benchmark
-  the difference is inside the noise: it does not measurably pay.  Idle connections are
-  unchanged: 2.31 KiB each against 2.32 (uvloop 1.26 in the same runs), since no waiting
-  receive holds a buffer and untouched buffer pages are never faulted in.
+  other work; medians (min-max)).  It saves the ``recv`` system call per message (perf: 100,100
+  recvfrom calls for 100,000 messages before, none after).  At moderate load (portio's own echo
+  client, 100 connections x 1,000 messages, server CPU by ``perf stat`` task-clock, 3-4
+  alternating pairs) the server spends 15.7-16.0 us/msg against 17.5-17.9 at 64 B (-11%) and
+  18.1-18.7 against 20.5-21.5 at 4 KiB (-12%).  Saturated, in ``portio.bench`` (31 alternating
+  paired repetitions), the difference is inside the noise: 100x64B 9.3 (8.4-10.6) us/msg
+  against 9.1 (8.3-10.3), 2.09x asyncio against 2.04x; 100x4KiB 11.4 (10.0-14.0) against 11.6
+  (10.3-13.2), 2.33x against 2.32x; 1x64B (15 pairs) 47.8 against 49.6; io_uring alone,
+  100x64B: 9.0 and 8.9 against 9.0 and 8.9.  So it pays where wake-ups are small batches and
+  does not measurably pay at the benchmark's saturation.  Idle connections are unchanged: 2.31
+  KiB each against 2.32 (uvloop 1.26 in the same runs): no waiting receive holds a buffer, and
+  buffer pages are faulted in only when first filled.
 """
 
 from __future__ import annotations
