@@ -467,3 +467,190 @@ def test_timed_wait_without_ext_arg(port: Any) -> None:
         c = port.get(timeout=WAIT)
         assert c.op is op and c.result == b"late"
 
+
+
+# ---------------------------------------------------------------- provided-buffer receives
+# A receive given a size on a stream socket is one buffer-select RECV: the kernel picks a
+# buffer from the port's provided-buffer ring when data arrives (see "Idle receives").
+
+def _no_readiness_recv(port: Any) -> None:
+    """Make the poll path's non-blocking recv fail the test: receives must use the ring."""
+    def refuse(op: Any) -> bool:
+        raise AssertionError(f"{op} waited by poll, not in a provided buffer")
+    port._receive_ready = refuse
+
+
+@pytest.fixture
+def tiny_pool_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A port whose provided-buffer ring has 2 buffers, so it runs dry at once."""
+    monkeypatch.setattr(uring, "_PBUF_COUNT", 2)
+    p = uring.UringPort(concurrency=4)
+    assert p.ring_info["pbuf_buffers"] == 2
+    with p:
+        yield p
+
+
+def test_a_sized_stream_recv_takes_its_bytes_from_a_provided_buffer(port: Any) -> None:
+    assert port.ring_info["pbuf_buffers"] == uring._PBUF_COUNT > 0
+    assert uring.ring_features()["used:pbuf_ring"] == (
+        f"{uring._PBUF_COUNT} x {uring._PBUF_SIZE} bytes")
+    _no_readiness_recv(port)
+    a, b = socket.socketpair()
+    with a, b:
+        port.register(a)
+        # More receives than buffers, one after the other: each buffer went back to the ring.
+        for i in range(3 * uring._PBUF_COUNT):
+            payload = bytes([i % 251]) * (1 + i % 300)
+            op = port.recv(a, len(payload))
+            b.sendall(payload)
+            c = port.get(timeout=WAIT)
+            assert c.op is op and c.error is None and c.result == payload
+        b.close()
+        op = port.recv(a, 10)
+        c = port.get(timeout=WAIT)
+        assert c.op is op and c.error is None and c.result == b""  # end of stream
+
+
+def test_a_recv_larger_than_a_buffer_or_on_a_datagram_socket_waits_by_poll(port: Any) -> None:
+    a, b = socket.socketpair()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with a, b, u:
+        port.register(a)
+        u.bind(("127.0.0.1", 0))
+        port.register(u)
+        big = os.urandom(uring._PBUF_SIZE + 1000)
+        op = port.recv(a, len(big))
+        assert op.pinned == uring._POLLED  # a provided buffer would cut it short
+        b.sendall(big)
+        c = port.get(timeout=WAIT)
+        assert c.error is None and c.result == big[:len(c.result)]
+        assert len(c.result) > uring._PBUF_SIZE
+        op = port.recv(u, 100)
+        assert op.pinned == uring._POLLED  # a datagram is never cut to a buffer
+        u.sendto(b"d" * 150, u.getsockname())
+        c = port.get(timeout=WAIT)
+        assert c.op is op and c.result == b"d" * 100
+
+
+def test_an_empty_buffer_ring_falls_back_to_poll_and_loses_nothing(tiny_pool_port: Any) -> None:
+    port = tiny_pool_port
+    pairs = _pairs(port, 40)
+    try:
+        ops = [port.recv(a, 100, data=i) for i, (a, _) in enumerate(pairs)]
+        time.sleep(0.05)  # every RECV is in the kernel, waiting for data
+        # Data for all at once, with nobody reaping: 2 get a buffer, the rest -ENOBUFS.
+        for i, (_, b) in enumerate(pairs):
+            b.sendall(b"msg %d" % i)
+        got = _drain(port, len(ops))
+        assert {c.op for c in got} == set(ops)
+        assert all(c.error is None and c.result == b"msg %d" % c.data for c in got), got
+        fell_back = sum(op.pinned == uring._POLLED for op in ops)
+        assert 0 < fell_back <= len(ops) - 1  # some waited by poll; ENOBUFS reached nobody
+        # The ring still works: its buffers came back.
+        _no_readiness_recv(port)
+        a, b = pairs[0]
+        op = port.recv(a, 100)
+        b.sendall(b"again")
+        c = port.get(timeout=WAIT)
+        assert c.op is op and c.result == b"again"
+    finally:
+        _close_pairs(pairs)
+
+
+def test_cancelling_a_buffer_select_recv_holds_no_buffer(tiny_pool_port: Any) -> None:
+    port = tiny_pool_port
+    pairs = _pairs(port, 4)
+    try:
+        # Cancelled while waiting: the kernel had not picked a buffer, so none is lost.
+        for a, _ in pairs:
+            op = port.recv(a, 10)
+            time.sleep(0.01)
+            op.cancel()
+            c = port.get(timeout=WAIT)
+            assert c.op is op and isinstance(c.error, portio.OperationCancelled)
+        _no_readiness_recv(port)
+        for rnd in range(3):  # both buffers are still there, round after round
+            for a, b in pairs[:2]:
+                op = port.recv(a, 10)
+                b.sendall(b"r%d" % rnd)
+                c = port.get(timeout=WAIT)
+                assert c.op is op and c.result == b"r%d" % rnd
+        assert port.ring_info["inflight"] == 0
+    finally:
+        _close_pairs(pairs)
+
+
+@pytest.mark.parametrize("pool", [8, 0])
+def test_more_connections_than_buffers_all_receiving_at_once(
+        monkeypatch: pytest.MonkeyPatch, pool: int) -> None:
+    """Byte-exact under pressure: 300 connections receive at once from an 8-buffer ring (0: no
+    ring, the poll path), messages of 1 byte to 3 buffers' worth, several rounds."""
+    monkeypatch.setattr(uring, "_PBUF_COUNT", pool)
+    monkeypatch.setattr(uring, "_PBUF_SIZE", 4096)
+    with uring.UringPort(concurrency=4) as port:
+        assert port.ring_info["pbuf_buffers"] == pool
+        pairs = _pairs(port, 300)
+        try:
+            for b in (b for _, b in pairs):
+                b.setblocking(False)
+            sent = [bytearray() for _ in pairs]
+            received = [bytearray() for _ in pairs]
+            for rnd in range(4):
+                for i, (_, b) in enumerate(pairs):
+                    chunk = bytes([(i + rnd) % 256]) * (1 + (i * 37 + rnd * 1013) % 12000)
+                    b.sendall(chunk)
+                    sent[i] += chunk
+                pending = {port.recv(a, 4096, data=i) for i, (a, _) in enumerate(pairs)}
+                while pending:
+                    for c in port.get_many(1024, timeout=WAIT):
+                        assert c.error is None, c
+                        pending.discard(c.op)
+                        received[c.data] += c.result
+                        assert len(c.result) <= 4096
+                        if len(received[c.data]) < len(sent[c.data]):
+                            pending.add(port.recv(pairs[c.data][0], 4096, data=c.data))
+            assert received == sent
+            assert port.ring_info["inflight"] == 0
+        finally:
+            _close_pairs(pairs)
+
+
+class _RefusingPbufLib:
+    """Proxy for the cffi lib whose kernel refuses IORING_REGISTER_PBUF_RING (Linux < 5.19)."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def pio_pbuf_setup(self, *args: Any) -> int:
+        return -errno.EINVAL
+
+
+def test_a_kernel_without_buffer_rings_keeps_the_poll_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uring, "_lib", _RefusingPbufLib(uring._lib))
+    assert "refused" in uring.ring_features()["used:pbuf_ring"]
+    with uring.UringPort(concurrency=4) as port:
+        assert port.ring_info["pbuf_buffers"] == 0
+        a, b = socket.socketpair()
+        with a, b:
+            port.register(a)
+            op = port.recv(a, 10)
+            assert op.pinned == uring._POLLED
+            b.sendall(b"polled")
+            c = port.get(timeout=WAIT)
+            assert c.op is op and c.result == b"polled"
+
+
+def test_buffer_ring_registration_at_the_c_level() -> None:
+    lib = uring._lib
+    ring, err = uring._open_ring(8, 16, 0)
+    assert ring is not None, os.strerror(err)
+    try:
+        assert lib.pio_pbuf_setup(ring, 3, 4096) == -errno.EINVAL  # not a power of two
+        assert lib.pio_pbuf_setup(ring, 4, 4096) == 0
+        assert lib.pio_pbuf_setup(ring, 4, 4096) == -errno.EEXIST  # one group per ring
+        assert lib.pio_pbuf_base(ring) != uring._ffi.NULL
+    finally:
+        lib.pio_teardown(ring)

@@ -10,6 +10,9 @@
  *   - CQ: the kernel's CQ tail is read with ACQUIRE before reading CQEs;
  *     the CQ head is published with a RELEASE store after we copied them.
  *   - sq_flags (IORING_SQ_CQ_OVERFLOW) is read with ACQUIRE.
+ *   - Provided-buffer ring: we write io_uring_buf entries, then publish them
+ *     with a RELEASE store of its tail (the kernel reads the tail with
+ *     ACQUIRE before taking an entry).
  *
  * Locking is the caller's job: pio_push() calls are serialised by the
  * Python side's SQ lock; pio_reap() has exactly one caller at a time (the
@@ -24,6 +27,7 @@
 #include <signal.h>
 #include <time.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -77,6 +81,15 @@ typedef struct {
     unsigned epoch;                    /* atomic: bumped by every submitting enter */
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    /* The provided-buffer ring (see pio_pbuf_setup()); pbuf_count 0: none. */
+    unsigned pbuf_count;
+    unsigned pbuf_size;
+    char *pbuf_mem;                    /* pbuf_count buffers of pbuf_size bytes */
+    struct io_uring_buf_ring *pbuf_ring;
+    size_t pbuf_ring_sz, pbuf_mem_sz;
+    uint16_t pbuf_tail;                /* our copy of the tail we published */
+    unsigned pbuf_held;                /* bids in pbuf_reaped[], not yet given back */
+    uint16_t *pbuf_reaped;             /* buffers of reaped CQEs Python may still read */
 } pio_ring;
 
 struct pio_msg {
@@ -91,6 +104,9 @@ typedef struct {
     int32_t  res;
     uint32_t flags;
 } pio_cqe;
+
+/* The one buffer group portio registers per ring. */
+#define PIO_PBUF_GROUP 0
 
 #define PIO_QUEUE_ONLY 0
 #define PIO_SUBMIT 1
@@ -121,6 +137,19 @@ static void unmap_all(pio_ring *r)
         munmap(r->sq_ptr, r->sq_sz);
     r->sqes = NULL;
     r->cq_ptr = r->sq_ptr = NULL;
+}
+
+static void pbuf_free(pio_ring *r)
+{
+    if (r->pbuf_ring && r->pbuf_ring != MAP_FAILED)
+        munmap(r->pbuf_ring, r->pbuf_ring_sz);
+    if (r->pbuf_mem && r->pbuf_mem != MAP_FAILED)
+        munmap(r->pbuf_mem, r->pbuf_mem_sz);
+    free(r->pbuf_reaped);
+    r->pbuf_ring = NULL;
+    r->pbuf_mem = NULL;
+    r->pbuf_reaped = NULL;
+    r->pbuf_count = r->pbuf_held = 0;
 }
 
 /* Optional setup flags, dropped in this order when the kernel says EINVAL. */
@@ -227,10 +256,20 @@ void pio_teardown(pio_ring *r)
     }
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->mu);
+    if (r->pbuf_count && r->fd >= 0) {
+        /* The caller waited for every request's CQE, so no request can still write a
+         * buffer; unregistering first makes the kernel let go of the ring's pages now
+         * rather than in its asynchronous ring-exit work. */
+        struct io_uring_buf_reg reg;
+        memset(&reg, 0, sizeof(reg));
+        reg.bgid = PIO_PBUF_GROUP;
+        syscall(__NR_io_uring_register, r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+    }
     unmap_all(r);
     if (r->fd >= 0)
         close(r->fd);
     r->fd = -1;
+    pbuf_free(r);
 }
 
 /* A process's copy of a ring inherited across fork(): unmap it and close this process's
@@ -243,6 +282,7 @@ void pio_abandon(pio_ring *r)
     if (r->fd >= 0)
         close(r->fd);
     r->fd = -1;
+    pbuf_free(r);   /* private anonymous memory: this is the child's own copy */
 }
 
 unsigned pio_sq_space(pio_ring *r)
@@ -291,6 +331,8 @@ int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t ad
     sqe->len = len;
     sqe->msg_flags = op_flags;   /* the union: rw/accept/cancel/timeout flags */
     sqe->off = off;
+    if (flags & IOSQE_BUFFER_SELECT)
+        sqe->buf_group = PIO_PBUF_GROUP;   /* the kernel picks a buffer when data comes */
     sqe->user_data = user_data;
     /* Publish the SQE: everything written above happens-before the tail. */
     __atomic_store_n(r->sq_ktail, tail, __ATOMIC_RELEASE);
@@ -308,6 +350,11 @@ int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t le
 {
     return pio_push(r, opcode, 0, fd, (uint64_t)(uintptr_t)buf, len, op_flags, 0, user_data,
                     mode);
+}
+
+int pio_push_select(pio_ring *r, int32_t fd, uint32_t len, uint64_t user_data, int mode)
+{
+    return pio_push(r, IORING_OP_RECV, IOSQE_BUFFER_SELECT, fd, 0, len, 0, 0, user_data, mode);
 }
 
 int pio_enter(pio_ring *r, unsigned wait_nr, int64_t timeout_ns)
@@ -481,9 +528,80 @@ unsigned pio_cq_ready(pio_ring *r)
     return n;
 }
 
+static void pbuf_add(pio_ring *r, uint16_t bid)
+{
+    struct io_uring_buf *buf = &r->pbuf_ring->bufs[r->pbuf_tail & (r->pbuf_count - 1)];
+    buf->addr = (uint64_t)(uintptr_t)(r->pbuf_mem + (size_t)bid * r->pbuf_size);
+    buf->len = r->pbuf_size;
+    buf->bid = bid;
+    r->pbuf_tail++;
+}
+
+void pio_pbuf_return(pio_ring *r)
+{
+    unsigned i;
+
+    if (!r->pbuf_held)
+        return;
+    for (i = 0; i < r->pbuf_held; i++)
+        pbuf_add(r, r->pbuf_reaped[i]);
+    r->pbuf_held = 0;
+    /* The entries written above happen-before the kernel sees the new tail. */
+    __atomic_store_n(&r->pbuf_ring->tail, r->pbuf_tail, __ATOMIC_RELEASE);
+}
+
+int pio_pbuf_setup(pio_ring *r, unsigned count, unsigned size)
+{
+    struct io_uring_buf_reg reg;
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned i;
+    int err;
+
+    if (count == 0 || count > 32768 || (count & (count - 1)) || size == 0)
+        return -EINVAL;   /* the kernel wants a power of two entries, bids are 16 bits */
+    if (r->pbuf_count)
+        return -EEXIST;   /* one group per ring: the fields below describe it */
+    r->pbuf_ring_sz = ((count * sizeof(struct io_uring_buf) + page - 1) / page) * page;
+    r->pbuf_mem_sz = (size_t)count * size;
+    /* No MAP_POPULATE: a buffer's pages are touched only when the kernel first fills it. */
+    r->pbuf_ring = mmap(NULL, r->pbuf_ring_sz, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    r->pbuf_mem = mmap(NULL, r->pbuf_mem_sz, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    r->pbuf_reaped = calloc(count, sizeof(uint16_t));
+    if (r->pbuf_ring == MAP_FAILED || r->pbuf_mem == MAP_FAILED || !r->pbuf_reaped) {
+        pbuf_free(r);
+        return -ENOMEM;
+    }
+    r->pbuf_count = count;
+    r->pbuf_size = size;
+    r->pbuf_tail = 0;
+    for (i = 0; i < count; i++)
+        pbuf_add(r, (uint16_t)i);
+    __atomic_store_n(&r->pbuf_ring->tail, r->pbuf_tail, __ATOMIC_RELEASE);
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)r->pbuf_ring;
+    reg.ring_entries = count;
+    reg.bgid = PIO_PBUF_GROUP;
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        err = errno;
+        pbuf_free(r);
+        return -err;   /* EINVAL before Linux 5.19; EPERM from a filter */
+    }
+    return 0;
+}
+
+char *pio_pbuf_base(pio_ring *r)
+{
+    return r->pbuf_mem;
+}
+
 int pio_reap(pio_ring *r, pio_cqe *out, int max)
 {
     int n = 0;
+
+    /* The buffers of the previous batch: Python copied their bytes before reaping again. */
+    pio_pbuf_return(r);
 
     for (;;) {
         unsigned head = *r->cq_khead;   /* only we write it */
@@ -494,6 +612,10 @@ int pio_reap(pio_ring *r, pio_cqe *out, int max)
             head++;
             if (cqe->user_data == PIO_UDATA_INTERNAL)
                 continue;
+            /* The buffer goes back to the kernel at the next pio_pbuf_return(). A batch
+             * holds at most max (< pbuf_count) of them; the bound is checked anyway. */
+            if ((cqe->flags & IORING_CQE_F_BUFFER) && r->pbuf_held < r->pbuf_count)
+                r->pbuf_reaped[r->pbuf_held++] = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
             out[n].user_data = cqe->user_data;
             out[n].res = cqe->res;
             out[n].flags = cqe->flags;

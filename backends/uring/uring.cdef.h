@@ -49,6 +49,10 @@ int pio_push(pio_ring *r, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t ad
  * arguments fewer to convert. */
 int pio_push_buf(pio_ring *r, uint8_t opcode, int32_t fd, void *buf, uint32_t len,
                  uint32_t op_flags, uint64_t user_data, int mode);
+/* pio_push() for a stream receive given a size: an IORING_OP_RECV of at most
+ * len bytes with IOSQE_BUFFER_SELECT (see pio_pbuf_setup()), four arguments
+ * fewer to convert than pio_push(). */
+int pio_push_select(pio_ring *r, int32_t fd, uint32_t len, uint64_t user_data, int mode);
 #define PIO_QUEUE_ONLY ...
 #define PIO_SUBMIT ...
 #define PIO_DEFER ...
@@ -69,13 +73,28 @@ int pio_defer(pio_ring *r, unsigned delay_us);
  * next pio_enter() wait (the caller holds the SQ lock). Returns 1 or 0. */
 int pio_queue_wait_timeout(pio_ring *r, int64_t timeout_ns, unsigned count);
 
-/* Copy up to max completions into out; drains the kernel's CQ overflow
+/* Copy up to max completions into out (noting the provided buffers they
+ * carry, see pio_pbuf_return()); drains the kernel's CQ overflow
  * list (IORING_FEAT_NODROP) when the ring runs dry. Returns the count. */
 int pio_reap(pio_ring *r, pio_cqe *out, int max);
 
 /* Completions ready in the ring right now (at least 1 if the kernel holds
  * overflowed CQEs: pio_reap() will fetch them). */
 unsigned pio_cq_ready(pio_ring *r);
+
+/* A provided-buffer ring (IORING_REGISTER_PBUF_RING, Linux >= 5.19) of count
+ * buffers (a power of two) of size bytes, registered as group PIO_PBUF_GROUP:
+ * an SQE pushed with IOSQE_BUFFER_SELECT gets sqe->buf_group set to it and
+ * the kernel picks a buffer only when data arrives. Returns 0, or -errno
+ * (EINVAL on older kernels; then nothing is allocated). pio_teardown()
+ * unregisters and frees it; pio_abandon() frees the child's copy. */
+int pio_pbuf_setup(pio_ring *r, unsigned count, unsigned size);
+/* Buffer bid is at pio_pbuf_base(r) + bid * size. */
+char *pio_pbuf_base(pio_ring *r);
+/* Give the buffers of the CQEs of the last pio_reap() back to the kernel
+ * (pio_reap() does it first thing too): call it once their bytes are copied. */
+void pio_pbuf_return(pio_ring *r);
+#define PIO_PBUF_GROUP ...
 
 /* Fill supported[op] = 1 for each opcode the kernel supports (n entries).
  * Returns the highest opcode + 1, or -errno. */
@@ -110,6 +129,7 @@ int pio_probe_ops(pio_ring *r, uint8_t *supported, int n);
 #define IORING_OP_LAST ...
 
 #define IOSQE_CQE_SKIP_SUCCESS ...
+#define IOSQE_BUFFER_SELECT ...
 
 #define IORING_CQE_F_BUFFER ...
 #define IORING_CQE_F_MORE ...
