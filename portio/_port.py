@@ -377,7 +377,7 @@ class CompletionPort(abc.ABC):
         """Read at ``offset``; result ``bytes`` or a count (``b""``/0 past end of file)."""
 
     @abc.abstractmethod
-    def write(self, file: Handle, __payload: Any, /, offset: int, *, data: Any = None,
+    def write(self, file: Handle, payload: Any, /, offset: int, *, data: Any = None,
               timeout: float | None = None, callback: Callback | None = None) -> Operation:
         """Write all of ``payload`` (positional only) at ``offset``; result: the number of
         bytes written."""

@@ -612,8 +612,9 @@ int pio_reap(pio_ring *r, pio_cqe *out, int max)
             head++;
             if (cqe->user_data == PIO_UDATA_INTERNAL)
                 continue;
-            /* The buffer goes back to the kernel at the next pio_pbuf_return(). A batch
-             * holds at most max (< pbuf_count) of them; the bound is checked anyway. */
+            /* The buffer goes back to the kernel at the next pio_pbuf_return(). At most
+             * pbuf_count are held: the kernel can take no more before they are returned
+             * (the bound is checked anyway). */
             if ((cqe->flags & IORING_CQE_F_BUFFER) && r->pbuf_held < r->pbuf_count)
                 r->pbuf_reaped[r->pbuf_held++] = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
             out[n].user_data = cqe->user_data;
