@@ -3,13 +3,13 @@ trip on each verified, and the server's memory per idle connection bounded.
 
 The bound, :data:`KIB_PER_IDLE_CONNECTION`, is 3 KiB. Measured here with 15,000 connections
 (``python -m portio.bench.idle`` runs all four servers in one run): uvloop 1.36 KiB, asyncio's
-Protocol server 1.69, portio-echo 2.3-2.6 (io_uring and selector). What a portio connection
-holds while idle is Python objects: the socket, the port's handle entry (its two operation
-FIFOs, empty deques of 760 bytes each, are most of it), the pending receive's Operation and the
-echo server's per-client data. 3 KiB is ~2.2x uvloop, above portio's figures by more than the
-~0.1 KiB run-to-run noise seen; any receive buffer held while idle breaks it at once (the echo
-server's 64 KiB is 20x it, even a 4 KiB one is over). The kernel's socket memory is not in the
-RSS, for any server. Marked ``slow`` (~5 s a backend here).
+Protocol server 1.69, portio-echo 2.3-2.7 (io_uring and selector; the compiled build 2.65). What
+a portio connection holds while idle is Python objects: the socket, the port's handle entry (its
+two operation FIFOs, empty deques of 760 bytes each, are most of it), the pending receive's
+Operation and the echo server's per-client data. 3 KiB is ~2.2x uvloop, above portio's figures
+by more than the ~0.1 KiB run-to-run noise seen; any receive buffer held while idle breaks it at
+once (the echo server's 64 KiB is 20x it, even a 4 KiB one is over). The kernel's socket memory
+is not in the RSS, for any server. Marked ``slow`` (~5 s a backend here).
 """
 
 from __future__ import annotations
