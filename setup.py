@@ -31,7 +31,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-#: The modules compiled by mypyc, as installed (module name) and in the checkout (path).
+#: The modules compiled by mypyc: their path as installed (and staged), and in the checkout.
 COMPILED = {
     "portio/_port.py": "portio/_port.py",
     "portio/_sockaddr.py": "portio/_sockaddr.py",
@@ -110,7 +110,7 @@ def _mypyc_extensions() -> list[Extension]:
     # installed: backends/ as portio/backends/ (the other modules are there for type checking).
     stage = Path("build", "mypyc-src")
     shutil.rmtree(stage, ignore_errors=True)
-    shutil.copytree("portio", stage / "portio", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree("portio", stage / "portio", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     shutil.copytree("backends", stage / "portio" / "backends",
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "uring"))
     try:

@@ -51,9 +51,10 @@ wineserver_pid() {  # this prefix's wineserver (other prefixes may have theirs r
 
 # portio as a Windows user installs it (see tools/wine-tests.sh), in a folder of its own
 rm -rf "$TARGET/idle-site" "$TARGET/idle-wheel"
-PORTIO_PURE=1 "$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+export PORTIO_PURE=1  # (the mypyc compile is Linux-only: see tools/wine-tests.sh)
+"$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
     -w "$TARGET/idle-wheel" "$ROOT" >/dev/null 2>&1 ||
-    PORTIO_PURE=1 "$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$TARGET/idle-wheel" "$ROOT"
+    "$HOSTPY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$TARGET/idle-wheel" "$ROOT"
 "$HOSTPY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
     --no-compile --target "$TARGET/idle-site" "$TARGET"/idle-wheel/portio-*.whl
 export WINPY_PYTHONPATH   # where the Windows servers import portio from
