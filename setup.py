@@ -110,7 +110,8 @@ def _mypyc_extensions() -> list[Extension]:
     # installed: backends/ as portio/backends/ (the other modules are there for type checking).
     stage = Path("build", "mypyc-src")
     shutil.rmtree(stage, ignore_errors=True)
-    shutil.copytree("portio", stage / "portio", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copytree("portio", stage / "portio",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     shutil.copytree("backends", stage / "portio" / "backends",
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "uring"))
     try:
