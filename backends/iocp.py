@@ -144,6 +144,9 @@ class _Native:
 class IocpPort(PortBase):
     """A completion port backed by the Windows kernel's I/O completion port."""
 
+    __slots__ = (  # see PortBase.__slots__
+        "_entries_buf", "_extensions", "_inflight", "_port", "_port_open", "_removed")
+
     backend: ClassVar[str] = "iocp"
 
     @classmethod

@@ -73,6 +73,11 @@ if sys.platform == "win32":
 class SelectorPort(PortBase):
     """A completion port over :class:`selectors.DefaultSelector`."""
 
+    __slots__ = (  # see PortBase.__slots__
+        "_interest", "_live", "_selector", "_wake_pending", "_wake_reader", "_wake_writer",
+        "_watch_limit",
+    )
+
     backend = "selector"
 
     @classmethod

@@ -355,6 +355,11 @@ if _lib is not None:
 class UringPort(PortBase):
     """A completion port on Linux io_uring (see the module docstring for the model)."""
 
+    __slots__ = (  # see PortBase.__slots__
+        "_backlog", "_cqes", "_ext_arg", "_inflight", "_next_uid", "_pbuf_size", "_pbufs",
+        "_resubmits", "_ring", "_ring_open", "_wake_pending",
+    )
+
     backend = "io_uring"
 
     @classmethod

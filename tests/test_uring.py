@@ -473,11 +473,10 @@ def test_timed_wait_without_ext_arg(port: Any) -> None:
 # A receive given a size on a stream socket is one buffer-select RECV: the kernel picks a
 # buffer from the port's provided-buffer ring when data arrives (see "Idle receives").
 
-def _no_readiness_recv(port: Any) -> None:
-    """Make the poll path's non-blocking recv fail the test: receives must use the ring."""
-    def refuse(op: Any) -> bool:
-        raise AssertionError(f"{op} waited by poll, not in a provided buffer")
-    port._receive_ready = refuse
+def _took_a_provided_buffer(op: Any) -> bool:
+    """``op``, a completed receive given a size, got its bytes in a buffer of the ring, not by
+    waiting for readability (the poll path marks the operation ``_POLLED`` for good)."""
+    return bool(op.done and op.pinned != uring._POLLED)
 
 
 @pytest.fixture
@@ -494,7 +493,6 @@ def test_a_sized_stream_recv_takes_its_bytes_from_a_provided_buffer(port: Any) -
     assert port.ring_info["pbuf_buffers"] == uring._PBUF_COUNT > 0
     assert uring.ring_features()["used:pbuf_ring"] == (
         f"{uring._PBUF_COUNT} x {uring._PBUF_SIZE} bytes")
-    _no_readiness_recv(port)
     a, b = socket.socketpair()
     with a, b:
         port.register(a)
@@ -505,10 +503,12 @@ def test_a_sized_stream_recv_takes_its_bytes_from_a_provided_buffer(port: Any) -
             b.sendall(payload)
             c = port.get(timeout=WAIT)
             assert c.op is op and c.error is None and c.result == payload
+            assert _took_a_provided_buffer(op)
         b.close()
         op = port.recv(a, 10)
         c = port.get(timeout=WAIT)
         assert c.op is op and c.error is None and c.result == b""  # end of stream
+        assert _took_a_provided_buffer(op)
 
 
 def test_a_recv_larger_than_a_buffer_or_on_a_datagram_socket_waits_by_poll(port: Any) -> None:
@@ -547,12 +547,11 @@ def test_an_empty_buffer_ring_falls_back_to_poll_and_loses_nothing(tiny_pool_por
         fell_back = sum(op.pinned == uring._POLLED for op in ops)
         assert 0 < fell_back <= len(ops) - 1  # some waited by poll; ENOBUFS reached nobody
         # The ring still works: its buffers came back.
-        _no_readiness_recv(port)
         a, b = pairs[0]
         op = port.recv(a, 100)
         b.sendall(b"again")
         c = port.get(timeout=WAIT)
-        assert c.op is op and c.result == b"again"
+        assert c.op is op and c.result == b"again" and _took_a_provided_buffer(op)
     finally:
         _close_pairs(pairs)
 
@@ -568,13 +567,12 @@ def test_cancelling_a_buffer_select_recv_holds_no_buffer(tiny_pool_port: Any) ->
             op.cancel()
             c = port.get(timeout=WAIT)
             assert c.op is op and isinstance(c.error, portio.OperationCancelled)
-        _no_readiness_recv(port)
         for rnd in range(3):  # both buffers are still there, round after round
             for a, b in pairs[:2]:
                 op = port.recv(a, 10)
                 b.sendall(b"r%d" % rnd)
                 c = port.get(timeout=WAIT)
-                assert c.op is op and c.result == b"r%d" % rnd
+                assert c.op is op and c.result == b"r%d" % rnd and _took_a_provided_buffer(op)
         assert port.ring_info["inflight"] == 0
     finally:
         _close_pairs(pairs)
