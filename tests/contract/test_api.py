@@ -77,9 +77,10 @@ def test_port_properties(backend: str) -> None:
 def test_a_port_keeps_its_state_in_slots(backend: str) -> None:
     """No instance dict: interpreted, a port whose attributes outgrow CPython's inline values
     (30) gets a real dict, and every attribute and method lookup of its hot path slows down
-    (see PortBase.__slots__).  One class without slots in the port's chain, and it has one."""
+    (see PortBase.__slots__).  One class without slots anywhere in its chain would give it one."""
     with portio.open_port(backend) as port:
         assert not hasattr(port, "__dict__"), type(port).__mro__
+
 
 def test_concurrency_zero_means_one_per_usable_cpu(backend: str) -> None:
     if hasattr(os, "sched_getaffinity"):
